@@ -12,11 +12,45 @@ count them::
     │   ├── BadSignature             bad_signature, alg_mismatch, alg_not_allowed
     │   └── InvalidClaims            expired, not_yet_valid, issued_in_future, wrong_issuer,
     │                                wrong_audience, missing_claim, invalid_claim
-    ├── InvalidKey                   a JWK refused at load (weak_key, unsupported_key, bad_jwk)
+    ├── InvalidKey                   a JWK refused at load (weak_key, unsupported_key, bad_jwk,
+    │                                private_key_material, duplicate_kid)
     ├── EventError                   a stream event refused (malformed_event, forged_event,
     │                                wrong_issuer, unsupported_schema)
     └── FetchError                   metadata/JWKS could not be fetched or parsed
 """
+
+#: Every ``reason`` an :class:`InvalidToken` can carry: a closed set, so a metrics label built
+#: from it stays bounded whatever tokens arrive.
+TOKEN_REASONS = frozenset(
+    {
+        # MalformedToken
+        "malformed",
+        "token_too_large",
+        "forbidden_header",
+        "unsupported_crit",
+        "unsupported_serialization",
+        "wrong_typ",
+        # KeyNotFound
+        "missing_kid",
+        "unknown_kid",
+        # KeyNotUsable
+        "revoked_key",
+        "retired_key",
+        "keys_stale",
+        # BadSignature
+        "bad_signature",
+        "alg_mismatch",
+        "alg_not_allowed",
+        # InvalidClaims
+        "expired",
+        "not_yet_valid",
+        "issued_in_future",
+        "wrong_issuer",
+        "wrong_audience",
+        "missing_claim",
+        "invalid_claim",
+    }
+)
 
 
 class KeyheraldError(Exception):

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from .constants import max_kid_chars
 from .errors import InvalidKey, MalformedToken
 from .jws import b64url_decode, b64url_encode
 
@@ -23,7 +24,11 @@ from .jws import b64url_decode, b64url_encode
 SUPPORTED_ALGS = ("RS256", "ES256", "EdDSA")
 MIN_RSA_BITS = 2048
 PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-_ALG_FOR_KTY = {("RSA", None): "RS256", ("EC", "P-256"): "ES256", ("OKP", "Ed25519"): "EdDSA"}
+_ALG_FOR_KTY: dict[tuple[object, object], str] = {
+    ("RSA", None): "RS256",
+    ("EC", "P-256"): "ES256",
+    ("OKP", "Ed25519"): "EdDSA",
+}
 _THUMBPRINT_MEMBERS = {
     "RSA": ("e", "kty", "n"),
     "EC": ("crv", "kty", "x", "y"),
@@ -58,6 +63,68 @@ def thumbprint(jwk: Mapping[str, Any]) -> str:
         raise InvalidKey(f"JWK lacks member {e.args[0]!r}", reason="bad_jwk") from e
     digest = hashlib.sha256(json.dumps(canonical, separators=(",", ":"), sort_keys=True).encode())
     return b64url_encode(digest.digest())
+
+
+# ROCA (CVE-2017-15361): Infineon-generated primes are 65537^a mod M + k*M, so for every small
+# prime p dividing M, n mod p lies in the subgroup that 65537 generates mod p. A random modulus
+# passes all 38 tests with negligible probability. Primes from the authors' detector
+# (github.com/crocs-muni/roca); each mask has bit r set when r is in that subgroup.
+_ROCA_PRIMES = (
+    3,
+    5,
+    7,
+    11,
+    13,
+    17,
+    19,
+    23,
+    29,
+    31,
+    37,
+    41,
+    43,
+    47,
+    53,
+    59,
+    61,
+    67,
+    71,
+    73,
+    79,
+    83,
+    89,
+    97,
+    101,
+    103,
+    107,
+    109,
+    113,
+    127,
+    131,
+    137,
+    139,
+    149,
+    151,
+    157,
+    163,
+    167,
+)
+
+
+def _subgroup_mask(p: int) -> int:
+    mask, r = 0, 1
+    while not mask >> r & 1:
+        mask |= 1 << r
+        r = r * 65537 % p
+    return mask
+
+
+_ROCA_MASKS = tuple((p, _subgroup_mask(p)) for p in _ROCA_PRIMES)
+
+
+def is_roca_modulus(n: int) -> bool:
+    """Whether an RSA modulus carries the ROCA fingerprint (its private key is recoverable)."""
+    return all(mask >> (n % p) & 1 for p, mask in _ROCA_MASKS)
 
 
 def _member(jwk: Mapping[str, Any], name: str) -> bytes:
@@ -123,6 +190,8 @@ def _load_rsa(jwk: Mapping[str, Any]) -> tuple[AnyPublicKey, VerifyFn]:
         )
     if e < 3 or e % 2 == 0:
         raise InvalidKey(f"RSA public exponent {e} is not acceptable", reason="weak_key")
+    if is_roca_modulus(n):
+        raise InvalidKey("RSA modulus has the ROCA fingerprint (CVE-2017-15361)", reason="weak_key")
     try:
         key = rsa.RSAPublicNumbers(e, n).public_key()
     except ValueError as err:
@@ -164,15 +233,18 @@ def load_public_jwk(jwk: Mapping[str, Any]) -> PublicKey:
     """
     if not isinstance(jwk, Mapping):
         raise InvalidKey("JWK is not an object", reason="bad_jwk")
-    if PRIVATE_MEMBERS & jwk.keys():
-        raise InvalidKey("JWK carries private key material", reason="private_key_material")
+    # Type and algorithm first, so a symmetric (HS*) or otherwise foreign key reads as
+    # unsupported_key, not as a private-material mistake.
     kty, crv = jwk.get("kty"), jwk.get("crv")
-    inferred = _ALG_FOR_KTY.get((kty, crv)) if isinstance(kty, str) else None
+    hashable = isinstance(kty, str) and (crv is None or isinstance(crv, str))
+    inferred = _ALG_FOR_KTY.get((kty, crv)) if hashable else None
     if inferred is None:
         raise InvalidKey(f"unsupported key type {kty!r}/{crv!r}", reason="unsupported_key")
     alg = jwk.get("alg", inferred)
     if alg != inferred:
         raise InvalidKey(f"alg {alg!r} does not fit a {kty} key", reason="unsupported_key")
+    if PRIVATE_MEMBERS & jwk.keys():
+        raise InvalidKey("JWK carries private key material", reason="private_key_material")
     if jwk.get("use", "sig") != "sig":
         raise InvalidKey("JWK use is not 'sig'", reason="bad_jwk")
     key_ops = jwk.get("key_ops")
@@ -181,6 +253,32 @@ def load_public_jwk(jwk: Mapping[str, Any]) -> PublicKey:
     kid = jwk.get("kid")
     if not isinstance(kid, str) or not kid:
         raise InvalidKey("JWK has no kid", reason="bad_jwk")
+    if len(kid) > max_kid_chars:
+        # A token naming it would be refused before the lookup, so the key could never verify.
+        raise InvalidKey(f"JWK kid is longer than {max_kid_chars} characters", reason="bad_jwk")
     key, verify = _LOADERS[alg](jwk)
     public = {k: v for k, v in jwk.items() if k not in PRIVATE_MEMBERS}
     return PublicKey(kid=kid, alg=alg, key=key, jwk=public, verify=verify)
+
+
+def load_jwks(jwks: Mapping[str, Any]) -> dict[str, PublicKey]:
+    """Parse a whole JWK Set strictly: every key must load and every ``kid`` be unique.
+
+    A set with two keys under one ``kid`` is refused outright: which of them a verifier picks
+    would be an accident of ordering (Wycheproof ``DuplicateKid``).
+
+    :param jwks: a JWK Set object, ``{"keys": [...]}``.
+    :returns: ``kid`` -> key.
+    :raises InvalidKey: the first key that fails :func:`load_public_jwk`, or
+        ``reason="duplicate_kid"``, or ``bad_jwk`` when the set itself is malformed.
+    """
+    keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
+    if not isinstance(keys, list):
+        raise InvalidKey("JWK Set has no 'keys' list", reason="bad_jwk")
+    loaded: dict[str, PublicKey] = {}
+    for jwk in keys:
+        key = load_public_jwk(jwk)
+        if key.kid in loaded:
+            raise InvalidKey(f"JWK Set has two keys with kid {key.kid!r}", reason="duplicate_kid")
+        loaded[key.kid] = key
+    return loaded

@@ -16,11 +16,14 @@ from .errors import MalformedToken
 # base64url -> standard alphabet; the standard-only characters and padding map to a byte
 # a2b_base64 refuses in strict mode, so they can never slip through.
 _URLSAFE_TO_STD = bytes.maketrans(b"-_+/=", b"+/!!!")
-_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-_INDEX = {c: i for i, c in enumerate(_ALPHABET)}
-# Mask of the bits the last character of a segment of length 2 or 3 (mod 4) must leave zero.
-_TRAILING_MASK = {2: 0x0F, 3: 0x03}
-_PAD = ("", "", "==", "=")
+_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+# Value of each base64url character, indexed by byte; other bytes never reach the lookup
+# because a2b_base64 refuses them first.
+_VALUE = bytes(_ALPHABET.index(b) if b in _ALPHABET else 0 for b in range(256))
+# Mask of the bits the last character of a segment of length 2 or 3 (mod 4) must leave zero:
+# a2b_base64 ignores them even in strict mode, so "QQ" and "QR" would both decode to b"A".
+_TRAILING_MASK = (0, 0, 0x0F, 0x03)
+_PAD = (b"", b"", b"==", b"=")
 
 
 def b64url_encode(data: bytes) -> str:
@@ -31,19 +34,32 @@ def b64url_encode(data: bytes) -> str:
 _TO_URLSAFE = str.maketrans("+/", "-_")
 
 
-def b64url_decode(segment: str) -> bytes:
-    """Decode canonical base64url or raise :class:`MalformedToken`."""
-    rem = len(segment) % 4
+def b64url_decode_ascii(segment: bytes) -> bytes:
+    """Decode canonical base64url given as ASCII bytes, or raise :class:`MalformedToken`.
+
+    The hot path calls this on slices of the encoded token, so it avoids a str round trip.
+    """
+    rem = len(segment) & 3
     if rem == 1:
         raise MalformedToken("base64url segment has an impossible length", reason="malformed")
     try:
-        raw = segment.encode("ascii").translate(_URLSAFE_TO_STD)
-        decoded = binascii.a2b_base64(raw + _PAD[rem].encode(), strict_mode=True)
-    except (UnicodeEncodeError, binascii.Error) as e:
+        decoded = binascii.a2b_base64(
+            segment.translate(_URLSAFE_TO_STD) + _PAD[rem], strict_mode=True
+        )
+    except binascii.Error as e:
         raise MalformedToken("segment is not base64url", reason="malformed") from e
-    if rem and _INDEX[segment[-1]] & _TRAILING_MASK[rem]:
+    if rem and _VALUE[segment[-1]] & _TRAILING_MASK[rem]:
         raise MalformedToken("non-canonical base64url (trailing bits set)", reason="malformed")
     return decoded
+
+
+def b64url_decode(segment: str) -> bytes:
+    """Decode canonical base64url or raise :class:`MalformedToken`."""
+    try:
+        raw = segment.encode("ascii")
+    except UnicodeEncodeError as e:
+        raise MalformedToken("segment is not base64url", reason="malformed") from e
+    return b64url_decode_ascii(raw)
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -57,17 +73,23 @@ def _no_constant(name: str) -> Any:
     raise MalformedToken(f"JSON constant {name} is not allowed", reason="malformed")
 
 
+# One decoder for the process: json.loads with keyword arguments builds a new one per call,
+# which costs more than parsing a typical claims set.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+
+
 def strict_json_object(data: bytes) -> dict[str, Any]:
-    """Parse a JSON object, refusing duplicate names, non-UTF-8 and ``NaN``/``Infinity``."""
+    """Parse a JSON object, refusing duplicate names, non-UTF-8 and ``NaN``/``Infinity``.
+
+    Numbers too large for a float (``1e400``) parse as infinity; callers that read numbers
+    must check they are finite.
+    """
     try:
-        obj = json.loads(
-            data.decode("utf-8"),
-            object_pairs_hook=_no_duplicates,
-            parse_constant=_no_constant,
-        )
-    except (UnicodeDecodeError, ValueError) as e:  # JSONDecodeError is a ValueError
+        obj = _DECODER.decode(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        # JSONDecodeError is a ValueError, and so is int() refusing a 5,000-digit number.
         raise MalformedToken("segment is not a JSON object", reason="malformed") from e
-    if not isinstance(obj, dict):
+    if type(obj) is not dict:
         raise MalformedToken("segment is not a JSON object", reason="malformed")
     return obj
 
