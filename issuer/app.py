@@ -1,0 +1,233 @@
+"""The issuer's HTTP service: JWKS, metadata and the admin API.
+
+Production: ``keyherald issuer`` builds it from the environment. Tests build the real app
+in-process against the test Redis and drive time with a manual clock::
+
+    from issuer import IssuerSettings, create_app
+    from subscriber.clock import ManualClock
+
+    settings = IssuerSettings(issuer="http://issuer.test", kek=KEK_B64, admin_token="t0ken")
+    clock = ManualClock()
+    app = create_app(settings=settings, redis=client, clock=clock, run_scheduler=False)
+    authority = app.state.authority        # rotate/activate/revoke/tick directly
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url=settings.issuer) as http:
+        jwks = (await http.get("/.well-known/jwks.json")).json()
+        clock.advance(settings.lead_s); await authority.tick()
+
+No lifespan is needed under ``ASGITransport``: the store bootstraps on first use. With
+``run_scheduler=True`` (the default) the lifespan checks Redis persistence, bootstraps and
+runs the :class:`~issuer.scheduler.Scheduler` loop.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request, status
+from fastapi.responses import JSONResponse, Response
+
+from subscriber.clock import Clock, system_clock
+from subscriber.constants import JWKS_PATH, METADATA_PATH
+
+from .auth import admin_dependency
+from .authority import Authority
+from .errors import IllegalTransition, UnknownKey
+from .jwks import etag_matches
+from .kek import Kek
+from .models import (
+    ChangeView,
+    ErrorView,
+    KeyView,
+    PlannedTransition,
+    PlanView,
+    TokenRequest,
+    TokenResponse,
+)
+from .scheduler import Scheduler
+from .settings import IssuerSettings
+from .signer import RESERVED_CLAIMS, Signer
+from .store import check_persistence
+
+logger = logging.getLogger(__name__)
+
+KidPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="RFC 7638 kid")]
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorView, "description": "missing or wrong admin token"},
+    404: {"model": ErrorView, "description": "unknown kid"},
+    409: {"model": ErrorView, "description": "illegal transition"},
+}
+
+
+def create_app(
+    *,
+    settings: IssuerSettings | None = None,
+    redis: aioredis.Redis | None = None,
+    clock: Clock = system_clock,
+    run_scheduler: bool = True,
+    kek: Kek | None = None,
+) -> FastAPI:
+    """Build the issuer app. ``app.state.authority`` is the :class:`Authority` it serves.
+
+    :param settings: default: read from ``KEYHERALD_*`` environment variables.
+    :param redis: a client the caller owns (not closed by the app); default: one from
+        ``settings.redis_url``, closed at shutdown.
+    :param clock: time source of every lifecycle decision.
+    :param run_scheduler: run the transition loop in the lifespan (off in most tests: call
+        ``app.state.authority.tick()`` instead).
+    :param kek: default: ``settings.load_kek()``.
+    :raises ConfigError: an unsafe policy or a missing KEK.
+    """
+    settings = settings or IssuerSettings()  # type: ignore[call-arg]  # issuer from the env
+    policy = settings.policy()
+    kek = kek or settings.load_kek()
+    client = redis if redis is not None else aioredis.Redis.from_url(settings.redis_url)
+    authority = Authority(redis=client, issuer=settings.issuer, policy=policy, kek=kek, clock=clock)
+    signer = Signer(authority)
+
+    app = FastAPI(
+        title="keyherald issuer",
+        summary="Announced JWT signing-key rotation: JWKS, metadata and the admin API.",
+        version="0.1.0",
+        lifespan=_lifespan(authority, settings, run_scheduler, close_redis=redis is None),
+    )
+    app.state.authority = authority
+    app.state.signer = signer
+    app.state.settings = settings
+    _add_error_handlers(app)
+    _add_public_routes(app, authority)
+    app.include_router(_admin_router(authority, signer, _secret(settings)))
+    return app
+
+
+def _lifespan(
+    authority: Authority, settings: IssuerSettings, run_scheduler: bool, *, close_redis: bool
+) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await check_persistence(authority.redis)
+        await authority.snapshot()  # bootstraps an empty store before the first request
+        task: asyncio.Task[None] | None = None
+        if run_scheduler:
+            scheduler = Scheduler(
+                authority,
+                lease_ttl_s=settings.lease_ttl_s,
+                tick_interval_s=settings.tick_interval_s,
+            )
+            task = asyncio.create_task(scheduler.run(), name="keyherald-scheduler")
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if close_redis:
+                await authority.redis.aclose()
+
+    return lifespan
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UnknownKey)
+    async def unknown_kid(request: Request, exc: UnknownKey) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": "unknown_kid"}, status_code=404)
+
+    @app.exception_handler(IllegalTransition)
+    async def illegal(request: Request, exc: IllegalTransition) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": "illegal_transition"}, status_code=409)
+
+
+def _add_public_routes(app: FastAPI, authority: Authority) -> None:
+    cache_control = f"public, max-age={int(authority.policy.jwks_max_age_s)}"
+
+    @app.get(
+        JWKS_PATH,
+        tags=["public"],
+        summary="Published keys: pending, active and retiring",
+        responses={200: {"content": {"application/json": {}}}, 304: {"description": "unchanged"}},
+        response_class=Response,
+    )
+    async def jwks(if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        document = await authority.jwks()
+        headers = {"Cache-Control": cache_control, "ETag": document.etag}
+        if etag_matches(if_none_match, document.etag):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+        return Response(document.body, media_type="application/json", headers=headers)
+
+    @app.get(METADATA_PATH, tags=["public"], summary="Issuer metadata and announcement keys")
+    async def openid_configuration() -> JSONResponse:
+        return JSONResponse(await authority.metadata(), headers={"Cache-Control": "no-cache"})
+
+
+def _admin_router(authority: Authority, signer: Signer, token: str | None) -> APIRouter:
+    admin = APIRouter(
+        prefix="/admin",
+        tags=["admin"],
+        dependencies=[Depends(admin_dependency(token))],
+        responses=_ERRORS,
+    )
+
+    @admin.get("/keys", summary="Every key with its state and timestamps")
+    async def list_keys() -> list[KeyView]:
+        return [KeyView.of(k) for k in await authority.keys()]
+
+    @admin.get("/plan", summary="Upcoming transitions with their times")
+    async def plan() -> PlanView:
+        transitions = await authority.plan()
+        _, version = await authority.store.head()
+        return PlanView(
+            now=authority.clock(),
+            version=version,
+            transitions=[PlannedTransition.of(t) for t in transitions],
+        )
+
+    @admin.post("/rotate", summary="Publish a new pending key now", status_code=201)
+    async def rotate() -> ChangeView:
+        return ChangeView.of(await authority.rotate())
+
+    @admin.post("/keys/{kid}/activate", summary="Activate a pending key published for the lead")
+    async def activate(kid: KidPath) -> ChangeView:
+        return ChangeView.of(await authority.activate(kid))
+
+    @admin.post("/keys/{kid}/retire", summary="Withdraw a pending key, or end a finished grace")
+    async def retire(kid: KidPath) -> ChangeView:
+        return ChangeView.of(await authority.retire(kid))
+
+    @admin.post("/keys/{kid}/revoke", summary="Emergency removal; replaces the active key at once")
+    async def revoke(kid: KidPath) -> ChangeView:
+        return ChangeView.of(await authority.revoke(kid))
+
+    @admin.post(
+        "/tokens",
+        summary="Sign a token with the active key",
+        responses={422: {"description": "ttl_s above the max token TTL, or a reserved claim"}},
+    )
+    async def mint(body: TokenRequest) -> TokenResponse:
+        max_ttl_s = authority.policy.max_token_ttl_s
+        if body.ttl_s > max_ttl_s:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                f"ttl_s={body.ttl_s} exceeds max_token_ttl_s={max_ttl_s:g}",
+            )
+        reserved = (RESERVED_CLAIMS | {"sub", "aud"}) & body.claims.keys()
+        if reserved:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, f"claims may not set {sorted(reserved)}"
+            )
+        minted = await signer.mint(
+            {**body.claims, "sub": body.sub, "aud": body.aud}, ttl_s=body.ttl_s
+        )
+        return TokenResponse(token=minted.token, kid=minted.kid, exp=minted.exp)
+
+    return admin
+
+
+def _secret(settings: IssuerSettings) -> str | None:
+    if settings.admin_token is None:
+        logger.warning("KEYHERALD_ADMIN_TOKEN is not set: the admin API refuses every request")
+        return None
+    return settings.admin_token.get_secret_value()

@@ -1,0 +1,75 @@
+"""Issuer configuration from the environment (prefix ``KEYHERALD_``), read at the entry points.
+
+Every duration is in seconds, so a demo can rotate every few seconds. In tests, build one
+directly: ``IssuerSettings(issuer="http://issuer.test", kek=..., admin_token=...)``.
+"""
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .errors import ConfigError
+from .kek import Kek
+from .policy import DAY_S, RotationPolicy
+
+
+class IssuerSettings(BaseSettings):
+    """Settings of ``keyherald issuer``; each field is ``KEYHERALD_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="KEYHERALD_", extra="ignore")
+
+    issuer: str = Field(description="the `iss` value, also the issuer's public base URL (required)")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the key store")
+    kek: SecretStr | None = Field(
+        None, description="key-encryption key: base64 of 32 random bytes (required)"
+    )
+    dev_ephemeral_kek: bool = Field(
+        False, description="development only: without a KEK, generate a throwaway one"
+    )
+    admin_token: SecretStr | None = Field(
+        None, description="bearer token of the /admin API (unset: admin API answers 401)"
+    )
+    algorithm: str = Field("ES256", description="signing algorithm: RS256, ES256 or EdDSA")
+    rotation_period_s: float = Field(90 * DAY_S, description="how long a key signs")
+    lead_s: float = Field(6 * DAY_S, description="how long a key is published before it signs")
+    retire_grace_s: float = Field(
+        7 * DAY_S, description="how long a key still verifies after it stops signing"
+    )
+    max_token_ttl_s: float = Field(3_600.0, description="longest token lifetime the issuer mints")
+    jwks_max_age_s: float = Field(900.0, description="Cache-Control max-age of the JWKS")
+    clock_skew_s: float = Field(60.0, description="clock skew tolerated between hosts")
+    tick_interval_s: float = Field(
+        1.0, gt=0, description="how often the scheduler looks for due transitions"
+    )
+    lease_ttl_s: float = Field(
+        10.0, gt=0, description="scheduler lease lifetime; a dead leader is replaced after it"
+    )
+
+    def policy(self) -> RotationPolicy:
+        """The rotation policy.
+
+        :raises ConfigError: an unsafe policy, with the numbers.
+        """
+        return RotationPolicy(
+            algorithm=self.algorithm,
+            rotation_period_s=self.rotation_period_s,
+            lead_s=self.lead_s,
+            retire_grace_s=self.retire_grace_s,
+            max_token_ttl_s=self.max_token_ttl_s,
+            jwks_max_age_s=self.jwks_max_age_s,
+            clock_skew_s=self.clock_skew_s,
+        )
+
+    def load_kek(self) -> Kek:
+        """The KEK, or an ephemeral one (with a loud warning) if ``dev_ephemeral_kek``.
+
+        :raises ConfigError: no KEK and no development flag, or a malformed KEK.
+        """
+        if self.kek is not None:
+            return Kek.from_base64(self.kek.get_secret_value())
+        if self.dev_ephemeral_kek:
+            return Kek.ephemeral()
+        raise ConfigError(
+            "KEYHERALD_KEK is not set: the issuer will not store private keys unencrypted. "
+            "Set it to base64 of 32 random bytes (e.g. `openssl rand -base64 32`), or set "
+            "KEYHERALD_DEV_EPHEMERAL_KEK=1 for a throwaway development key."
+        )

@@ -1,0 +1,200 @@
+"""The issuer's Redis store: key records, key-set version and epoch, and the event stream.
+
+Every change goes through one Lua script, :data:`COMMIT_SCRIPT`, which atomically
+
+1. checks the epoch and compare-and-sets the ``version`` (no lost or doubled update),
+2. checks the scheduler's fencing token when one is given (a deposed leader writes nothing),
+3. checks every key's type *before* writing, because Redis does not roll back a script that
+   fails half-way: either all of its writes happen or none,
+4. writes the records and the meta fields, and
+5. XADDs the pre-signed events (consecutive versions), trimming the stream by age (MINID).
+
+So a state change and its event are both present or both absent. Ages use the Redis server's
+``TIME``, the same clock that stamps stream ids.
+"""
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+
+import redis.asyncio as aioredis
+
+from subscriber import redis_keys
+
+from .errors import LeaseLost, StoreError, VersionConflict
+from .records import KeyRecord
+
+logger = logging.getLogger(__name__)
+
+#: A raw reply from redis-py: ``bytes`` or ``str`` depending on ``decode_responses``.
+RedisReply: TypeAlias = Any
+
+COMMIT_SCRIPT = """
+local meta, keys, stream, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local expected, expected_epoch, token = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local retention_ms = tonumber(ARGV[4])
+local n_meta, n_records, n_events = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+
+local current = tonumber(redis.call('HGET', meta, 'version') or '0')
+local epoch = redis.call('HGET', meta, 'epoch') or ''
+if epoch ~= expected_epoch then return {'EPOCH', current} end
+if current ~= expected then return {'VERSION', current} end
+if token ~= '' and redis.call('GET', fence) ~= token then
+  return {'FENCE', current}
+end
+local types = {[meta] = 'hash', [keys] = 'hash', [stream] = 'stream'}
+for key, wanted in pairs(types) do
+  local found = redis.call('TYPE', key)['ok']
+  if found ~= 'none' and found ~= wanted then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' is a ' .. found)
+  end
+end
+
+local i = 8
+for _ = 1, n_meta do
+  redis.call('HSET', meta, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+for _ = 1, n_records do
+  redis.call('HSET', keys, ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+local now = redis.call('TIME')
+local min_id = math.max(0, tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  - retention_ms)
+for _ = 1, n_events do
+  redis.call('XADD', stream, 'MINID', min_id, '*',
+    'type', ARGV[i], 'version', ARGV[i + 1], 'jws', ARGV[i + 2])
+  i = i + 3
+end
+local version = expected + n_events
+redis.call('HSET', meta, 'version', version)
+return {'OK', version}
+"""
+
+
+def text(value: RedisReply) -> str:
+    """A reply as ``str`` whatever the client's ``decode_responses``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The key set as read in one transaction."""
+
+    version: int
+    epoch: str | None
+    keys: Mapping[str, KeyRecord]
+    meta: Mapping[str, str] = field(repr=False)
+
+    @property
+    def initialised(self) -> bool:
+        return self.epoch is not None
+
+
+class KeyStore:
+    """Reads and atomic writes of one issuer's records; takes a redis client the caller owns."""
+
+    def __init__(self, redis: aioredis.Redis, issuer: str) -> None:
+        self.redis = redis
+        self.issuer = issuer
+        self.meta_key = redis_keys.meta_hash(issuer)
+        self.keys_key = redis_keys.keys_hash(issuer)
+        self.stream_key = redis_keys.event_stream(issuer)
+        self.fence_key = redis_keys.scheduler_fence(issuer)
+        self._commit = redis.register_script(COMMIT_SCRIPT)
+
+    async def load(self) -> Snapshot:
+        """Meta and every record, read atomically (MULTI/EXEC)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(self.meta_key)
+            pipe.hgetall(self.keys_key)
+            raw_meta, raw_keys = await pipe.execute()
+        meta = {text(k): text(v) for k, v in raw_meta.items()}
+        keys = {text(k): KeyRecord.from_json(v) for k, v in raw_keys.items()}
+        return Snapshot(
+            version=int(meta.get("version", 0)), epoch=meta.get("epoch"), keys=keys, meta=meta
+        )
+
+    async def head(self) -> tuple[str | None, int]:
+        """``(epoch, version)`` in one round trip: enough to tell whether a cache is current."""
+        epoch, version = await self.redis.hmget(self.meta_key, ["epoch", "version"])
+        return (text(epoch) if epoch is not None else None), int(version or 0)
+
+    async def commit(
+        self,
+        *,
+        expected_version: int,
+        expected_epoch: str | None,
+        records: Sequence[KeyRecord],
+        events: Sequence[Mapping[str, str]],
+        retention_s: float,
+        meta: Mapping[str, str] | None = None,
+        fence: int | None = None,
+    ) -> int:
+        """Write ``records`` (and ``meta``) and append ``events``, or nothing at all.
+
+        :param events: stream fields (``type``, ``version``, ``jws``) with versions
+            ``expected_version + 1`` onwards.
+        :param fence: the scheduler's fencing token; ``None`` for operator actions.
+        :returns: the new version.
+        :raises VersionConflict: the version or epoch changed since it was read.
+        :raises LeaseLost: ``fence`` is no longer the current token.
+        """
+        for offset, event in enumerate(events, start=1):
+            if int(event["version"]) != expected_version + offset:
+                raise ValueError("events must carry consecutive versions after the expected one")
+        meta_items = list((meta or {}).items())
+        args: list[str | int] = [
+            expected_version,
+            expected_epoch or "",
+            "" if fence is None else str(fence),
+            int(retention_s * 1000),
+            len(meta_items),
+            len(records),
+            len(events),
+        ]
+        for name, value in meta_items:
+            args += [name, value]
+        for record in records:
+            args += [record.kid, record.to_json()]
+        for event in events:
+            args += [event["type"], event["version"], event["jws"]]
+        keys = [self.meta_key, self.keys_key, self.stream_key, self.fence_key]
+        try:
+            status, version = await self._commit(keys=keys, args=args)
+        except aioredis.ResponseError as e:
+            raise StoreError(f"the store refused the change: {e}") from e
+        status = text(status)
+        if status == "OK":
+            return int(version)
+        if status == "FENCE":
+            raise LeaseLost(f"fencing token {fence} is stale; another scheduler took the lease")
+        raise VersionConflict(
+            f"expected version {expected_version}, the store is at {version} ({status})"
+        )
+
+
+async def check_persistence(redis: aioredis.Redis) -> bool | None:
+    """Whether Redis would keep the key store across a restart (AOF or RDB snapshots).
+
+    Logs a loud warning when it would not; returns ``None`` when the server forbids ``CONFIG``
+    (managed Redis often does), since then we cannot tell.
+    """
+    try:
+        reply = await redis.config_get("appendonly")
+        reply.update(await redis.config_get("save"))
+    except aioredis.ResponseError as e:
+        logger.info("cannot check Redis persistence (CONFIG refused: %s)", e)
+        return None
+    config = {text(k): text(v) for k, v in reply.items()}
+    aof = config.get("appendonly", "no") == "yes"
+    rdb = bool(config.get("save", "").strip())
+    if not (aof or rdb):
+        logger.warning(
+            "REDIS DOES NOT PERSIST DATA (appendonly=no, save=''): every signing key and the "
+            "key-set epoch will be LOST on a Redis restart, and all verifiers will have to "
+            "resync. Enable AOF (appendonly yes) or RDB snapshots for production."
+        )
+    return aof or rdb

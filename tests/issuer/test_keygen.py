@@ -1,0 +1,41 @@
+"""Key generation: every algorithm, kid = RFC 7638 thumbprint, tokens verify independently."""
+
+import jwt
+import pytest
+
+from issuer import keygen
+from issuer.signer import encode_jwt
+from subscriber.jwk import PRIVATE_MEMBERS, load_public_jwk
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+def test_generated_key_signs_what_pyjwt_verifies(alg: str) -> None:
+    pair = keygen.generate(alg)
+    assert not PRIVATE_MEMBERS & pair.jwk.keys()
+    assert pair.jwk["alg"] == alg and pair.jwk["use"] == "sig"
+    # jwcrypto computes the RFC 7638 thumbprint independently of our implementation.
+    from jwcrypto.jwk import JWK
+
+    assert JWK(**pair.jwk).thumbprint() == pair.kid
+    token = encode_jwt(pair, {"sub": "x"})
+    key = jwt.PyJWK(pair.jwk).key
+    assert jwt.decode(token, key, algorithms=[alg]) == {"sub": "x"}
+    assert load_public_jwk(pair.jwk).kid == pair.kid
+
+
+def test_rsa_is_at_least_2048_bits() -> None:
+    pair = keygen.generate("RS256")
+    assert pair.private_key.key_size >= 2048  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="2048"):
+        keygen.generate("RS256", rsa_bits=1024)
+
+
+@pytest.mark.parametrize("alg", ["RS256", "ES256", "EdDSA"])
+def test_der_roundtrip_keeps_the_kid(alg: str) -> None:
+    pair = keygen.generate(alg)
+    assert keygen.load(pair.private_der(), alg).kid == pair.kid
+
+
+def test_load_refuses_a_key_of_another_algorithm() -> None:
+    with pytest.raises(ValueError, match="ES256"):
+        keygen.load(keygen.generate("EdDSA").private_der(), "ES256")
