@@ -17,10 +17,12 @@ class IssuerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="KEYHERALD_", extra="ignore")
 
-    issuer: str = Field(description="the `iss` value, also the issuer's public base URL (required)")
+    issuer: str = Field(description="the `iss` value, also the issuer's public base URL")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the key store")
     kek: SecretStr | None = Field(
-        None, description="key-encryption key: base64 of 32 random bytes (required)"
+        None,
+        description="key-encryption key, base64 of 32 random bytes; the issuer refuses to "
+        "start without one",
     )
     dev_ephemeral_kek: bool = Field(
         False, description="development only: without a KEK, generate a throwaway one"

@@ -14,6 +14,10 @@ from collections.abc import Sequence
 #: subcommand -> (module, one-line help). Keep in sync with the README's CLI section.
 COMMANDS: dict[str, tuple[str, str]] = {
     "redis": ("keyherald.redis_cmd", "run a private redis-server on a free loopback port"),
+    "demo": ("keyherald.demo.cmd", "run the whole system locally with accelerated rotation"),
+    "status": ("keyherald.status", "show the issuer's keys, the plan, and who holds which key"),
+    "verify": ("keyherald.verify_cmd", "verify one token against a running issuer and explain"),
+    "issuer": ("issuer.cli", "serve the key authority (JWKS, metadata, admin API, scheduler)"),
 }
 
 
