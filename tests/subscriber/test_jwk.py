@@ -1,0 +1,176 @@
+"""Loading public JWKs: strength checks at load, and the pre-bound verify of each key."""
+
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from subscriber.errors import InvalidKey
+from subscriber.jwk import is_roca_modulus, load_jwks, load_public_jwk, thumbprint
+from subscriber.jws import b64url_encode
+
+
+def _int(value: int, size: int | None = None) -> str:
+    return b64url_encode(value.to_bytes(size or (value.bit_length() + 7) // 8, "big"))
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+@pytest.fixture(scope="module")
+def ec_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def rsa_jwk(key: rsa.RSAPrivateKey, **extra: Any) -> dict[str, Any]:
+    nums = key.public_key().public_numbers()
+    return {"kty": "RSA", "kid": "r1", "n": _int(nums.n), "e": _int(nums.e)} | extra
+
+
+def ec_jwk(key: ec.EllipticCurvePrivateKey, **extra: Any) -> dict[str, Any]:
+    nums = key.public_key().public_numbers()
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "kid": "e1",
+        "x": _int(nums.x, 32),
+        "y": _int(nums.y, 32),
+    } | extra
+
+
+def refused(jwk: Any) -> str:
+    with pytest.raises(InvalidKey) as info:
+        load_public_jwk(jwk)
+    return info.value.reason
+
+
+def test_keys_load_with_the_algorithm_their_type_implies(
+    rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    assert load_public_jwk(rsa_jwk(rsa_key)).alg == "RS256"
+    assert load_public_jwk(ec_jwk(ec_key, alg="ES256", use="sig")).alg == "ES256"
+    raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    ed = load_public_jwk({"kty": "OKP", "crv": "Ed25519", "kid": "o1", "x": b64url_encode(raw)})
+    assert ed.alg == "EdDSA" and ed.kid == "o1"
+
+
+def test_verify_is_bound_and_never_raises_for_bad_signatures(
+    rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
+) -> None:
+    rs = load_public_jwk(rsa_jwk(rsa_key))
+    signature = rsa_key.sign(b"msg", padding.PKCS1v15(), hashes.SHA256())
+    assert rs.verify(signature, b"msg")
+    assert not rs.verify(signature, b"msh")
+    assert not rs.verify(signature[:-1], b"msg")
+    assert not rs.verify(b"", b"msg")
+    es = load_public_jwk(ec_jwk(ec_key))
+    der = ec_key.sign(b"msg", ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    assert es.verify(r.to_bytes(32, "big") + s.to_bytes(32, "big"), b"msg")
+    assert not es.verify(der, b"msg")  # DER is not JWS
+    assert not es.verify(r.to_bytes(33, "big") + s.to_bytes(32, "big"), b"msg")
+    assert not es.verify(bytes(64), b"msg")
+
+
+def test_weak_rsa_keys_are_refused() -> None:
+    small = rsa.generate_private_key(65537, 1024)
+    assert refused(rsa_jwk(small)) == "weak_key"
+    nums = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
+    for e in (1, 2, 65536):
+        assert refused({"kty": "RSA", "kid": "r", "n": _int(nums.n), "e": _int(e)}) == "weak_key"
+
+
+def test_roca_fingerprint() -> None:
+    # The first masks of the detector published with the ROCA paper (crocs-muni/roca).
+    from subscriber.jwk import _ROCA_MASKS
+
+    assert [mask for _, mask in _ROCA_MASKS[:8]] == [
+        6,
+        30,
+        126,
+        1026,
+        5658,
+        107286,
+        199410,
+        8388606,
+    ]
+    # ROCA primes are 65537^a mod M (+ k*M), so n is a power of 65537 modulo each small
+    # prime of M: any power of 65537 carries the fingerprint, ordinary moduli do not.
+    assert is_roca_modulus(65537**18)
+    for _ in range(5):
+        assert not is_roca_modulus(
+            rsa.generate_private_key(65537, 2048).public_key().public_numbers().n
+        )
+
+
+def test_ec_points_must_be_on_the_curve(ec_key: ec.EllipticCurvePrivateKey) -> None:
+    jwk = ec_jwk(ec_key)
+    nums = ec_key.public_key().public_numbers()
+    assert refused(jwk | {"y": _int((nums.y + 1) % 2**256, 32)}) == "bad_jwk"
+    assert refused(jwk | {"x": _int(nums.x, 33)}) == "bad_jwk"  # not 32 bytes
+    assert refused(jwk | {"crv": "P-384"}) == "unsupported_key"
+    assert refused(jwk | {"crv": ["P-256"]}) == "unsupported_key"  # unhashable: no TypeError
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"d": "AAAA"}, "private_key_material"),
+        ({"alg": "RS384"}, "unsupported_key"),
+        ({"alg": "PS256"}, "unsupported_key"),
+        ({"alg": "none"}, "unsupported_key"),
+        ({"kty": "oct", "k": "AAAA"}, "unsupported_key"),
+        ({"kty": ["RSA"]}, "unsupported_key"),
+        ({"use": "enc"}, "bad_jwk"),
+        ({"key_ops": ["encrypt"]}, "bad_jwk"),
+        ({"key_ops": "verify"}, "bad_jwk"),
+        ({"kid": ""}, "bad_jwk"),
+        ({"kid": 1}, "bad_jwk"),
+        ({"kid": "k" * 129}, "bad_jwk"),
+        ({"n": "not base64!"}, "bad_jwk"),
+        ({"n": 12345}, "bad_jwk"),
+    ],
+)
+def test_refused_jwks(rsa_key: rsa.RSAPrivateKey, change: dict[str, Any], reason: str) -> None:
+    assert refused(rsa_jwk(rsa_key) | change) == reason
+
+
+def test_a_jwk_that_is_not_an_object_is_refused() -> None:
+    assert refused(["RSA"]) == "bad_jwk"
+
+
+def test_key_sets_refuse_duplicate_kids(
+    ec_key: ec.EllipticCurvePrivateKey, rsa_key: rsa.RSAPrivateKey
+) -> None:
+    other = ec.generate_private_key(ec.SECP256R1())
+    keys = load_jwks({"keys": [ec_jwk(ec_key), rsa_jwk(rsa_key)]})
+    assert sorted(keys) == ["e1", "r1"]
+    with pytest.raises(InvalidKey) as info:
+        load_jwks({"keys": [ec_jwk(ec_key), ec_jwk(other)]})
+    assert info.value.reason == "duplicate_kid"
+    for bad in ({}, {"keys": {}}, []):
+        with pytest.raises(InvalidKey) as info:
+            load_jwks(bad)  # type: ignore[arg-type]
+        assert info.value.reason == "bad_jwk"
+    with pytest.raises(InvalidKey) as info:
+        load_jwks({"keys": [ec_jwk(ec_key), ec_jwk(other, kid="e2", d="AAAA")]})
+    assert info.value.reason == "private_key_material"
+
+
+def test_thumbprint_rfc7638_example() -> None:
+    # RFC 7638 section 3.1.
+    jwk = json.loads(
+        '{"kty":"RSA","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7'
+        "aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4"
+        "QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNL"
+        "yrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDK"
+        'gw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}'
+    )
+    assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
