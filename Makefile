@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+SRC := $(wildcard issuer subscriber relay keyherald tests bench)
 
 .PHONY: test lint mypy pytest demo soak bench clean
 
@@ -16,8 +17,8 @@ $(STAMP): pyproject.toml
 test: $(STAMP) lint mypy pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check issuer subscriber relay keyherald tests bench
-	$(BIN)/ruff format --check issuer subscriber relay keyherald tests bench
+	$(BIN)/ruff check $(SRC)
+	$(BIN)/ruff format --check $(SRC)
 
 mypy: $(STAMP)
 	$(BIN)/mypy
