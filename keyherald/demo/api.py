@@ -101,6 +101,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
+    # One log line per request would bury everything else in the demo's logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
     app = create_app(DemoSettings(), args.name)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

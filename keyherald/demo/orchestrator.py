@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 import httpx
 import redis.asyncio as aioredis
 
+from keyherald.cli import COMMANDS
 from keyherald.redis_server import find_redis_server, free_port
 
 from ..observe import EventTail, IssuerClient, IssuerUnavailable, read_heartbeats
@@ -130,6 +131,7 @@ class Demo:
         self.issuer_url = f"http://127.0.0.1:{self.ports.issuer}"
         self.redis_url = os.environ.get("KEYHERALD_REDIS_URL") or ""
         self.env: dict[str, str] = {}
+        self.with_relay = "relay" in COMMANDS
 
     def _url(self, port: int, path: str = "") -> str:
         return f"http://127.0.0.1:{port}{path}"
@@ -165,11 +167,18 @@ class Demo:
         )
         self.state.note(f"issuer {self.issuer_url}, redis {self.redis_url}")
         await self._wait_ready(["issuer"])
-        self._start("relay", ["keyherald", "relay", *self._bind(p.relay)], "/healthz")
+        names = ["api-a", "api-b"]
+        if self.with_relay:
+            self._start("relay", ["keyherald", "relay", *self._bind(p.relay)], "/healthz")
+            names.append("relay")
+        else:
+            self.state.note("the relay is not installed: no partner deliveries this run")
         for name, port in (("api-a", p.api_a), ("api-b", p.api_b)):
             self._start(name, ["keyherald", "demo", "api", *self._bind(port), "--name", name])
-        self._start("partner", ["keyherald", "demo", "partner", *self._bind(p.partner)])
-        await self._wait_ready(["relay", "api-a", "api-b", "partner"])
+        if self.with_relay:
+            self._start("partner", ["keyherald", "demo", "partner", *self._bind(p.partner)])
+            names.append("partner")
+        await self._wait_ready(names)
         self._start("loadgen", ["keyherald", "demo", "loadgen", *self._bind(p.loadgen)])
         await self._wait_ready(["loadgen"])
         self.state.note("all services ready")
@@ -222,7 +231,7 @@ class Demo:
                 next_snapshot = time.monotonic() + snapshot_interval_s
                 await self._snapshot(redis, http, issuer)
                 await self._maybe_revoke(issuer)
-                state.update_revocation(time.time())
+                self._track_revocation()
                 self.view.refresh(state)
             if settle_until is None and self._rotations_done():
                 state.phase = "settling"
@@ -240,6 +249,18 @@ class Demo:
         state.phase = "done"
         self.view.refresh(state)
 
+    def _track_revocation(self) -> None:
+        rev = self.state.revocation
+        if rev is None or rev.reached_all_at is not None:
+            return
+        self.state.update_revocation(time.time())
+        if rev.propagation_s is not None:
+            services = ", ".join(v.service for v in self.state.verifiers)
+            self.state.note(
+                f"revoked key {rev.kid[:12]} gone from every verifier ({services}) "
+                f"{rev.propagation_s:.2f}s after the request"
+            )
+
     def _rotations_done(self) -> bool:
         rev = self.state.revocation
         return (
@@ -249,6 +270,8 @@ class Demo:
         )
 
     def _partner_caught_up(self) -> bool:
+        if not self.with_relay:
+            return True
         last = self.state.partner.get("events") or []
         return bool(last) and last[-1].get("version") == self.state.version
 
@@ -297,6 +320,8 @@ def _raise_interrupted(signum: int, frame: object) -> NoReturn:
 
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``keyherald demo`` with no role."""
+    # The orchestrator polls every half second; request lines would drown the view.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     profile = PROFILES[args.profile]
     log_dir = Path(tempfile.mkdtemp(prefix="keyherald-demo-"))
     view = make_view(

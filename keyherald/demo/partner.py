@@ -2,8 +2,10 @@
 
 It registers itself with the relay's admin API on start (the relay shows the ``whsec_`` secret
 once, in that response, and the receiver keeps it in memory only), verifies every delivery
-with the ``standardwebhooks`` reference library, and records the events in arrival order.
-``GET /received`` shows what arrived; ``GET /healthz`` answers once the receiver is registered.
+with the ``standardwebhooks`` reference library, then checks the issuer's own signature on the
+event inside it against the announcement keys from the issuer's metadata (so the relay is not
+a root of trust either), and records the events in arrival order. ``GET /received`` shows what
+arrived; ``GET /healthz`` answers once the receiver is registered.
 """
 
 import argparse
@@ -14,10 +16,15 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import FastAPI, Request, Response
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from subscriber.errors import EventError
+from subscriber.events import load_announcement_keys, parse_event
+
+from ..observe import IssuerClient
 from . import relay_client
 from .settings import DemoSettings
 
@@ -34,20 +41,21 @@ class Inbox:
     seen_ids: set[str] = field(default_factory=set)
     verified: int = 0
     rejected: int = 0
+    #: Deliveries whose inner event failed the issuer's announcement signature.
+    forged_events: int = 0
     duplicates: int = 0
     out_of_order: int = 0
     last_version: int = 0
     keys: list[str] = field(default_factory=list)
     key_set_version: int | None = None
 
-    def record(self, webhook_id: str, payload: dict[str, Any]) -> None:
+    def record(self, webhook_id: str, summary: dict[str, Any]) -> None:
         """Record one verified delivery (a retry of a known ``webhook-id`` is a duplicate)."""
         self.verified += 1
         if webhook_id in self.seen_ids:
             self.duplicates += 1
             return
         self.seen_ids.add(webhook_id)
-        summary = summarise(payload)
         version = summary["version"]
         if isinstance(version, int):
             if version <= self.last_version:
@@ -64,6 +72,7 @@ class Inbox:
             "delivered": len(self.events),
             "verified": self.verified,
             "rejected": self.rejected,
+            "forged_events": self.forged_events,
             "duplicates": self.duplicates,
             "out_of_order": self.out_of_order,
             "keys": self.keys,
@@ -72,23 +81,30 @@ class Inbox:
 
 
 def summarise(payload: dict[str, Any]) -> dict[str, Any]:
-    """The fields a partner cares about, from a relay delivery payload."""
-    event = payload.get("event") if isinstance(payload.get("event"), dict) else payload
+    """The fields a partner cares about, from a relay delivery.
+
+    The relay sends Standard Webhooks' ``{type, timestamp, data}`` shape, with ``data.event``
+    the announcement, ``data.jws`` the issuer-signed original, and ``data.jwks`` plus
+    ``data.version`` the complete current key set.
+    """
+    data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
+    assert isinstance(data, dict)
+    event = data.get("event") if isinstance(data.get("event"), dict) else {}
     assert isinstance(event, dict)
-    key_set = payload.get("key_set") or payload.get("keys") or payload.get("jwks")
-    keys: list[str] | None = None
-    key_set_version = payload.get("key_set_version", payload.get("version"))
-    if isinstance(key_set, dict):
-        key_set_version = key_set.get("version", key_set_version)
-        key_set = key_set.get("keys")
-    if isinstance(key_set, list):
-        keys = [str(k.get("kid")) for k in key_set if isinstance(k, dict)]
+    jwks = data.get("jwks") if isinstance(data.get("jwks"), dict) else {}
+    assert isinstance(jwks, dict)
+    key_list = jwks.get("keys")
+    keys = (
+        [str(k.get("kid")) for k in key_list if isinstance(k, dict)]
+        if isinstance(key_list, list)
+        else None
+    )
     return {
         "type": event.get("type"),
         "version": event.get("version"),
         "kid": event.get("kid"),
         "keys": keys,
-        "key_set_version": key_set_version,
+        "key_set_version": data.get("version"),
     }
 
 
@@ -96,15 +112,31 @@ def create_app(settings: DemoSettings, public_url: str) -> FastAPI:
     """The receiver app; it registers ``public_url`` with the relay during start-up."""
     inbox = Inbox()
     webhook: list[Webhook] = []
+    announcement_keys: dict[str, Ed25519PublicKey] = {}
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with IssuerClient(settings.issuer) as issuer:
+            meta = await issuer.metadata()
+        ext = meta.get("keyherald") or {}
+        announcement_keys.update(load_announcement_keys(ext.get("announcement_keys") or []))
         secret = await relay_client.register_partner(
             settings, public_url, timeout_s=register_timeout_s
         )
         webhook.append(Webhook(secret))
         logger.info("registered with the relay as %s", public_url)
         yield
+
+    def issuer_signed(payload: dict[str, Any]) -> bool:
+        data = payload.get("data")
+        jws = data.get("jws") if isinstance(data, dict) else None
+        if not isinstance(jws, str):
+            return False
+        try:
+            parse_event({"jws": jws}, announcement_keys, issuer=settings.issuer)
+        except EventError:
+            return False
+        return True
 
     app = FastAPI(title="keyherald demo partner", lifespan=lifespan)
 
@@ -117,7 +149,12 @@ def create_app(settings: DemoSettings, public_url: str) -> FastAPI:
             inbox.rejected += 1
             logger.warning("delivery refused: %s", e)
             return Response(status_code=400)
-        inbox.record(request.headers.get("webhook-id", ""), payload)
+        if not issuer_signed(payload):
+            # Authentic from the relay, but not an event the issuer signed: never trust it.
+            inbox.forged_events += 1
+            logger.warning("delivery carries an event the issuer did not sign")
+            return Response(status_code=204)
+        inbox.record(request.headers.get("webhook-id", ""), summarise(payload))
         return Response(status_code=204)
 
     @app.get("/received")
@@ -138,6 +175,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import uvicorn
+
+    # One log line per request would bury everything else in the demo's logs.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     settings = DemoSettings()
     public_url = settings.demo_partner_url or f"http://127.0.0.1:{args.port}/webhook"

@@ -55,7 +55,8 @@ def describe(event: Event) -> str:
     if event.type == "key-added":
         extra = f"alg={data.get('alg')} activates in {data.get('activate_at', 0) - event.ts:.0f}s"
     elif event.type == "key-activated":
-        extra = f"previous={short(data.get('previous_kid'))} (now retiring)"
+        previous = data.get("previous_kid")
+        extra = f"previous={short(previous)} now retiring" if previous else "(no previous key)"
     else:
         extra = f"reason={data.get('reason')}"
     return f"v{event.version} {event.type} kid={short(event.kid)} {extra}"
@@ -99,13 +100,17 @@ class PlainView:
     def _print(self, state: DemoState, line: str) -> None:
         print(f"[{time.time() - state.started_at:6.1f}s] {line}", flush=True)
 
-    def event(self, state: DemoState, event: Event) -> None:
-        self._print(state, "event " + describe(event))
-
-    def refresh(self, state: DemoState) -> None:
+    def _flush_notes(self, state: DemoState) -> None:
         for _, message in state.messages[self._notes :]:
             self._print(state, message)
         self._notes = len(state.messages)
+
+    def event(self, state: DemoState, event: Event) -> None:
+        self._flush_notes(state)
+        self._print(state, "event " + describe(event))
+
+    def refresh(self, state: DemoState) -> None:
+        self._flush_notes(state)
         now = time.monotonic()
         if now < self._next_status:
             return
