@@ -9,6 +9,7 @@ differently by two parsers), so these refuse anything but the canonical form:
 
 import binascii
 import json
+from collections.abc import Callable
 from typing import Any
 
 from .errors import MalformedToken
@@ -24,6 +25,7 @@ _VALUE = bytes(_ALPHABET.index(b) if b in _ALPHABET else 0 for b in range(256))
 # a2b_base64 ignores them even in strict mode, so "QQ" and "QR" would both decode to b"A".
 _TRAILING_MASK = (0, 0, 0x0F, 0x03)
 _PAD = (b"", b"", b"==", b"=")
+_a2b = binascii.a2b_base64
 
 
 def b64url_encode(data: bytes) -> str:
@@ -43,14 +45,32 @@ def b64url_decode_ascii(segment: bytes) -> bytes:
     if rem == 1:
         raise MalformedToken("base64url segment has an impossible length", reason="malformed")
     try:
-        decoded = binascii.a2b_base64(
-            segment.translate(_URLSAFE_TO_STD) + _PAD[rem], strict_mode=True
-        )
+        decoded = _a2b(segment.translate(_URLSAFE_TO_STD) + _PAD[rem], strict_mode=True)
     except binascii.Error as e:
         raise MalformedToken("segment is not base64url", reason="malformed") from e
     if rem and _VALUE[segment[-1]] & _TRAILING_MASK[rem]:
         raise MalformedToken("non-canonical base64url (trailing bits set)", reason="malformed")
     return decoded
+
+
+def b64url_decode_pair(first: bytes, second: bytes) -> tuple[bytes, bytes]:
+    """:func:`b64url_decode_ascii` of two segments in one call (a JWS payload and signature).
+
+    The verification hot path pays for every Python call, so this is the same rules inlined.
+    """
+    rem1, rem2 = len(first) & 3, len(second) & 3
+    if rem1 == 1 or rem2 == 1:
+        raise MalformedToken("base64url segment has an impossible length", reason="malformed")
+    try:
+        decoded1 = _a2b(first.translate(_URLSAFE_TO_STD) + _PAD[rem1], strict_mode=True)
+        decoded2 = _a2b(second.translate(_URLSAFE_TO_STD) + _PAD[rem2], strict_mode=True)
+    except binascii.Error as e:
+        raise MalformedToken("segment is not base64url", reason="malformed") from e
+    if (rem1 and _VALUE[first[-1]] & _TRAILING_MASK[rem1]) or (
+        rem2 and _VALUE[second[-1]] & _TRAILING_MASK[rem2]
+    ):
+        raise MalformedToken("non-canonical base64url (trailing bits set)", reason="malformed")
+    return decoded1, decoded2
 
 
 def b64url_decode(segment: str) -> bytes:
@@ -74,8 +94,11 @@ def _no_constant(name: str) -> Any:
 
 
 # One decoder for the process: json.loads with keyword arguments builds a new one per call,
-# which costs more than parsing a typical claims set.
+# which costs more than parsing a typical claims set. Calling its scanner directly also skips
+# the two whitespace regex matches JSONDecoder.decode makes around every document.
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+_SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
+_JSON_WHITESPACE = " \t\n\r"
 
 
 def strict_json_object(data: bytes) -> dict[str, Any]:
@@ -85,9 +108,16 @@ def strict_json_object(data: bytes) -> dict[str, Any]:
     must check they are finite.
     """
     try:
-        obj = _DECODER.decode(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        # JSONDecodeError is a ValueError, and so is int() refusing a 5,000-digit number.
+        text = data.decode("utf-8")
+        if text[:1] == "{":
+            obj, end = _SCAN(text, 0)
+            if end != len(text) and text[end:].strip(_JSON_WHITESPACE):
+                raise MalformedToken("trailing data after the JSON object", reason="malformed")
+        else:
+            obj = _DECODER.decode(text)
+    except (UnicodeDecodeError, ValueError, RecursionError, StopIteration) as e:
+        # JSONDecodeError is a ValueError, and so is int() refusing a 5,000-digit number;
+        # the scanner raises StopIteration when no value starts where it looks.
         raise MalformedToken("segment is not a JSON object", reason="malformed") from e
     if type(obj) is not dict:
         raise MalformedToken("segment is not a JSON object", reason="malformed")

@@ -24,16 +24,16 @@ by its encoded segment in a small bounded dictionary; everything that depends on
 or the options (steps 3 onwards, and ``typ``) is still checked on every token.
 """
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from math import isfinite
 from types import MappingProxyType
 from typing import Any
 
 from . import constants
 from .errors import BadSignature, InvalidClaims, KeyNotFound, KeyNotUsable, MalformedToken
 from .jwk import SUPPORTED_ALGS, PublicKey
-from .jws import b64url_decode_ascii, strict_json_object
+from .jws import b64url_decode_ascii, b64url_decode_pair, strict_json_object
 
 __all__ = [
     "EMPTY",
@@ -156,6 +156,7 @@ def _algorithm_set(algorithms: object) -> frozenset[str]:
 # kid, alg, normalised typ (or None), and the whole header, read-only.
 _Header = tuple[str, str, str | None, Mapping[str, Any]]
 _header_cache: dict[bytes, _Header] = {}
+_cached_header = _header_cache.get  # stays valid: the cache is cleared, never replaced
 
 
 def _parse_header(segment: bytes) -> _Header:
@@ -225,7 +226,7 @@ def _verified(
     if len(parts) != 3:
         raise _shape_error(raw, len(parts))
     header_segment, payload_segment, signature_segment = parts
-    entry = _header_cache.get(header_segment)
+    entry = _cached_header(header_segment)
     if entry is None:
         entry = _parse_header(header_segment)
     kid, alg, typ, _ = entry
@@ -244,8 +245,7 @@ def _verified(
         raise KeyNotFound(f"no key {kid!r}", reason="unknown_kid")
     if alg != key.alg:
         raise BadSignature(f"token alg {alg!r} is not the key's {key.alg!r}", reason="alg_mismatch")
-    payload = b64url_decode_ascii(payload_segment)
-    signature = b64url_decode_ascii(signature_segment)
+    payload, signature = b64url_decode_pair(payload_segment, signature_segment)
     if not key.verify(signature, raw[: len(header_segment) + 1 + len(payload_segment)]):
         raise BadSignature("signature does not verify", reason="bad_signature")
     return entry, payload
@@ -271,21 +271,15 @@ def verify_signature(
     return header, payload
 
 
-def _number(claims: Mapping[str, Any], name: str) -> float | None:
-    value = claims.get(name)
-    if value is None:
-        if name in claims:
-            raise InvalidClaims(f"claim {name!r} is null", reason="invalid_claim")
-        return None
-    kind = type(value)
-    # JSON gives int, float or bool; bool is an int subclass and is refused, and 1e400 parses
-    # as an infinite float, which would make a token that never expires.
-    if kind is int or (kind is float and math.isfinite(value)):
-        return value  # type: ignore[no-any-return]
-    raise InvalidClaims(f"claim {name!r} is not a finite number", reason="invalid_claim")
+def _bad_number(claims: Mapping[str, Any], name: str) -> InvalidClaims:
+    if name not in claims:
+        return InvalidClaims(f"token has no {name!r}", reason="missing_claim")
+    return InvalidClaims(f"claim {name!r} is not a finite number", reason="invalid_claim")
 
 
-def check_claims(claims: Mapping[str, Any], options: VerifyOptions, now: float) -> None:
+# One flat function on purpose: it runs for every token, and each extra call costs about as
+# much as the checks it would hold.
+def check_claims(claims: Mapping[str, Any], options: VerifyOptions, now: float) -> None:  # noqa: C901
     """Check the registered claims of a token whose signature has verified.
 
     ``iss`` must equal the issuer; ``aud`` (a string or a non-empty list of strings) must
@@ -303,30 +297,40 @@ def check_claims(claims: Mapping[str, Any], options: VerifyOptions, now: float) 
     if iss != options.issuer:
         raise InvalidClaims("token 'iss' is not the expected issuer", reason="wrong_issuer")
     aud = claims.get("aud")
-    if aud is None:
-        raise InvalidClaims("token has no 'aud'", reason="missing_claim")
     if type(aud) is str:
         matched = aud in options._audiences
-    elif type(aud) is list and aud and all(type(a) is str for a in aud):
-        matched = not options._audiences.isdisjoint(aud)
     else:
-        raise InvalidClaims(
-            "token 'aud' is not a string or list of strings", reason="invalid_claim"
-        )
+        matched = _audience_list_matches(aud, options._audiences)
     if not matched:
         raise InvalidClaims("token 'aud' holds no accepted audience", reason="wrong_audience")
+    # JSON numbers arrive as int or float; bool (an int subclass) is refused, and so is an
+    # infinite float (1e400 parses as one), which would make a token that never expires.
     leeway = options.leeway_s
-    exp = _number(claims, "exp")
-    if exp is None:
-        raise InvalidClaims("token has no 'exp'", reason="missing_claim")
+    exp = claims.get("exp")
+    if type(exp) is not int and (type(exp) is not float or not isfinite(exp)):
+        raise _bad_number(claims, "exp")
     if now >= exp + leeway:
         raise InvalidClaims("token has expired", reason="expired")
-    nbf = _number(claims, "nbf")
-    if nbf is not None and now + leeway < nbf:
-        raise InvalidClaims("token is not valid yet", reason="not_yet_valid")
-    iat = _number(claims, "iat")
-    if iat is not None and iat > now + leeway:
-        raise InvalidClaims("token was issued in the future", reason="issued_in_future")
+    if "nbf" in claims:
+        nbf = claims["nbf"]
+        if type(nbf) is not int and (type(nbf) is not float or not isfinite(nbf)):
+            raise _bad_number(claims, "nbf")
+        if now + leeway < nbf:
+            raise InvalidClaims("token is not valid yet", reason="not_yet_valid")
+    if "iat" in claims:
+        iat = claims["iat"]
+        if type(iat) is not int and (type(iat) is not float or not isfinite(iat)):
+            raise _bad_number(claims, "iat")
+        if iat > now + leeway:
+            raise InvalidClaims("token was issued in the future", reason="issued_in_future")
+
+
+def _audience_list_matches(aud: Any, audiences: frozenset[str]) -> bool:
+    if aud is None:
+        raise InvalidClaims("token has no 'aud'", reason="missing_claim")
+    if type(aud) is not list or not aud or not all(type(a) is str for a in aud):
+        raise InvalidClaims("token 'aud' is not a string or strings", reason="invalid_claim")
+    return not audiences.isdisjoint(aud)
 
 
 def verify_token(

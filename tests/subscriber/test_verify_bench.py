@@ -1,0 +1,32 @@
+"""``bench/verify.py --quick`` runs and prints its figures (speed itself is not asserted here)."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def test_verify_benchmark_quick_run_prints_every_figure() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "verify.py"), "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    rows = {}
+    for line in result.stdout.splitlines():
+        match = re.match(
+            r"(RS256|ES256|EdDSA)\s+([\d,]+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+([\d.]+)\s+\d+%",
+            line,
+        )
+        if match:
+            rows[match[1]] = [float(g.replace(",", "")) for g in match.groups()[1:]]
+    assert set(rows) == {"RS256", "ES256", "EdDSA"}, result.stdout
+    for keyherald, pyjwt, raw, ratio, pyjwt_ratio in rows.values():
+        assert min(keyherald, pyjwt, raw) > 0
+        assert abs(ratio - keyherald / raw) < 0.01
+        assert abs(pyjwt_ratio - pyjwt / raw) < 0.01
