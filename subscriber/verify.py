@@ -160,6 +160,11 @@ _cached_header = _header_cache.get  # stays valid: the cache is cleared, never r
 
 
 def _parse_header(segment: bytes) -> _Header:
+    if segment.lstrip()[:1] == b"{":
+        # A JSON-serialized JWS that happens to contain two dots lands here.
+        raise MalformedToken(
+            "JWS JSON serialization is not accepted", reason="unsupported_serialization"
+        )
     header = strict_json_object(b64url_decode_ascii(segment))
     forbidden = _FORBIDDEN_HEADERS & header.keys()
     if forbidden:
@@ -176,15 +181,7 @@ def _parse_header(segment: bytes) -> _Header:
     alg = header.get("alg")
     if type(alg) is not str:
         raise MalformedToken("header 'alg' is missing or not a string", reason="malformed")
-    kid = header.get("kid")
-    if kid is None or kid == "":
-        raise KeyNotFound("token names no key (no 'kid')", reason="missing_kid")
-    if type(kid) is not str:
-        raise MalformedToken("header 'kid' is not a string", reason="malformed")
-    if len(kid) > constants.max_kid_chars:
-        raise MalformedToken(
-            f"header 'kid' is longer than {constants.max_kid_chars} characters", reason="malformed"
-        )
+    kid = _header_kid(header)
     typ = header.get("typ")
     if typ is not None:
         if type(typ) is not str:
@@ -197,6 +194,19 @@ def _parse_header(segment: bytes) -> _Header:
             _header_cache.clear()
         _header_cache[segment] = entry
     return entry
+
+
+def _header_kid(header: Mapping[str, Any]) -> str:
+    kid = header.get("kid")
+    if kid is None or kid == "":
+        raise KeyNotFound("token names no key (no 'kid')", reason="missing_kid")
+    if type(kid) is not str:
+        raise MalformedToken("header 'kid' is not a string", reason="malformed")
+    if len(kid) > constants.max_kid_chars:
+        raise MalformedToken(
+            f"header 'kid' is longer than {constants.max_kid_chars} characters", reason="malformed"
+        )
+    return kid
 
 
 def _shape_error(raw: bytes, segments: int) -> MalformedToken:

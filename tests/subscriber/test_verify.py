@@ -205,6 +205,17 @@ def test_only_compact_three_segment_jws_is_accepted(
     assert isinstance(err, MalformedToken) and err.reason == reason
 
 
+@pytest.mark.parametrize(
+    "serialized",
+    [
+        '{"payload":"e30","protected":"eyJhbGciOiJFUzI1NiJ9","signature":"AA"}',
+        ' {"payload":"e30","signatures":[{"protected":"e30.x","signature":"A.A"}]}',
+    ],
+)
+def test_json_serialization_is_refused_whatever_its_dots(serialized: str) -> None:
+    assert refused(serialized, {}).reason == "unsupported_serialization"
+
+
 def test_token_must_be_a_string(es: Signer) -> None:
     assert refused(es.token().encode(), keys_of(es)).reason == "malformed"  # type: ignore[arg-type]
 
