@@ -14,7 +14,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from .constants import max_kid_chars
 from .errors import InvalidKey, MalformedToken
@@ -150,6 +149,29 @@ def _rsa_verifier(key: rsa.RSAPublicKey) -> VerifyFn:
     return verify
 
 
+# DER headers by length: SEQUENCE { INTEGER r, INTEGER s } is built by one join (r and s are
+# at most 33 bytes, so every length fits the short form).
+_DER_SEQUENCE = tuple(bytes((0x30, n)) for n in range(71))
+_DER_INTEGER = tuple(bytes((0x02, n)) for n in range(34))
+
+
+def p1363_to_der(signature: bytes) -> bytes:
+    """The DER form ``cryptography`` verifies of a 64-byte JWS ES256 signature ``r || s``.
+
+    Same bytes as ``encode_dss_signature`` on the two integers, at a third of the cost.
+    """
+    r = signature[:32].lstrip(b"\0") or b"\0"
+    s = signature[32:].lstrip(b"\0") or b"\0"
+    # DER integers are signed: a high bit set needs a leading zero byte.
+    if r[0] > 127:
+        r = b"\0" + r
+    if s[0] > 127:
+        s = b"\0" + s
+    return b"".join(
+        (_DER_SEQUENCE[len(r) + len(s) + 4], _DER_INTEGER[len(r)], r, _DER_INTEGER[len(s)], s)
+    )
+
+
 def _ec_verifier(key: ec.EllipticCurvePublicKey) -> VerifyFn:
     ecdsa = ec.ECDSA(hashes.SHA256())
 
@@ -157,11 +179,8 @@ def _ec_verifier(key: ec.EllipticCurvePublicKey) -> VerifyFn:
         # JWS carries r||s (RFC 7518 3.4), fixed 64 bytes; anything else (DER included) is bad.
         if len(signature) != 64:
             return False
-        der = encode_dss_signature(
-            int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-        )
         try:
-            key.verify(der, signing_input, ecdsa)
+            key.verify(p1363_to_der(signature), signing_input, ecdsa)
         except InvalidSignature:
             return False
         return True

@@ -7,11 +7,22 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from subscriber.errors import InvalidKey
-from subscriber.jwk import is_roca_modulus, load_jwks, load_public_jwk, thumbprint
+from subscriber.jwk import (
+    is_roca_modulus,
+    load_jwks,
+    load_public_jwk,
+    p1363_to_der,
+    thumbprint,
+)
 from subscriber.jws import b64url_encode
 
 
@@ -174,3 +185,13 @@ def test_thumbprint_rfc7638_example() -> None:
         'gw","e":"AQAB","alg":"RS256","kid":"2011-04-29"}'
     )
     assert thumbprint(jwk) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@settings(derandomize=True, max_examples=500, deadline=None)
+@given(
+    r=st.one_of(st.integers(0, 2**256 - 1), st.sampled_from([0, 1, 127, 128, 255, 256, 2**255])),
+    s=st.one_of(st.integers(0, 2**256 - 1), st.integers(0, 2**64)),
+)
+def test_p1363_to_der_matches_cryptography(r: int, s: int) -> None:
+    signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
+    assert p1363_to_der(signature) == encode_dss_signature(r, s)
