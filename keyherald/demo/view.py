@@ -56,7 +56,7 @@ def describe(event: Event) -> str:
         extra = f"alg={data.get('alg')} activates in {data.get('activate_at', 0) - event.ts:.0f}s"
     elif event.type == "key-activated":
         previous = data.get("previous_kid")
-        extra = f"previous={short(previous)} now retiring" if previous else "(no previous key)"
+        extra = f"previous={short(previous)} now retiring" if previous else "(nothing retiring)"
     else:
         extra = f"reason={data.get('reason')}"
     return f"v{event.version} {event.type} kid={short(event.kid)} {extra}"
@@ -189,7 +189,7 @@ class LiveView:
         )
 
     def _timeline(self, state: DemoState) -> Table:
-        table = Table.grid(padding=(0, 1))
+        table = Table(box=None, show_header=False, caption="░ pending  █ active  ▒ retiring  │ now")
         now = time.time()
         span = timeline_span * self.rotation_period_s
         step = 2 * span / timeline_width
