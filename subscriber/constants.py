@@ -31,3 +31,18 @@ heartbeat_ttl_s: Final = 30.0
 heartbeat_interval_s: Final = 10.0
 #: HTTP timeout for metadata and JWKS fetches.
 http_timeout_s: Final = 5.0
+
+# --- subscriber runtime (follower, poller, presence) ---
+#: XREAD COUNT: entries fetched per call; key events are rare, so one call drains a burst.
+xread_count: Final = 100
+#: Reconnect backoff (exponential with full jitter) after Redis errors.
+reconnect_min_s: Final = 0.05
+reconnect_max_s: Final = 5.0
+#: The JWKS poll interval follows ``Cache-Control: max-age``, clamped to these bounds.
+min_poll_interval_s: Final = 5.0
+max_poll_interval_s: Final = 300.0
+#: Poll delays are drawn uniformly from ``[1 - poll_jitter_ratio, 1] * interval`` so that a
+#: fleet restarted together does not poll together.
+poll_jitter_ratio: Final = 0.2
+#: Departed kids remembered (to refuse with ``revoked_key``/``retired_key``); oldest dropped.
+max_gone_kids: Final = 1_024

@@ -1,0 +1,259 @@
+"""The stream follower: one background task per verifier, blocking ``XREAD`` on the event stream.
+
+Plain ``XREAD``, not a consumer group: every verifier must see every event. Each session
+starts with a race-free resync (read the stream's last id, *then* fetch the JWKS, then follow
+from that id, so an event committed in between is read from the stream and one committed
+before is in the JWKS). Events are verified against the announcement keys and applied in
+version order; a version gap, a new epoch, a stream that lost its entries (flush, restart
+without persistence) or a forged event sends the verifier back to the JWKS.
+
+Redis errors end the session: the follower reports itself disconnected and reconnects with
+exponential backoff and full jitter (tenacity), resyncing each time.
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeAlias
+
+import redis.asyncio as aioredis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from redis.exceptions import RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from .clock import Clock
+from .constants import block_ms, reconnect_max_s, reconnect_min_s, xread_count
+from .errors import EventError, FetchError
+from .events import Event, StreamFields, parse_event
+from .keyset import KeySet, Outcome
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+#: One stream entry as redis-py returns it: (id, fields).
+StreamEntry: TypeAlias = tuple[bytes | str, StreamFields]
+#: XREAD's reply: RESP2 ``[[stream, [entry, ...]]]`` or RESP3 ``{stream: [entry, ...]}``.
+XReadReply: TypeAlias = list[Any] | dict[Any, Any] | None
+
+#: The first id of any stream: reading after it reads everything.
+START_ID = "0-0"
+
+
+def stream_id_key(entry_id: str) -> tuple[int, int]:
+    """A stream id as a sortable pair (``"1700000000000-3"`` -> ``(1700000000000, 3)``)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _entries(reply: XReadReply) -> list[StreamEntry]:
+    if not reply:
+        return []
+    if isinstance(reply, dict):
+        return [entry for entries in reply.values() for entry in entries]
+    return [entry for _stream, entries in reply for entry in entries]
+
+
+def raise_if_cancelled() -> None:
+    """Re-raise a cancellation a library swallowed.
+
+    redis-py 8.1's asyncio client can turn a task cancellation that lands during a read into
+    an ordinary (empty) reply; a loop that only relies on ``CancelledError`` then never ends.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
+def effective_block_ms(client: aioredis.Redis, wanted_ms: int = block_ms) -> int:
+    """``BLOCK`` kept below the client's socket timeout, or redis-py raises TimeoutError
+    on a healthy but quiet stream."""
+    timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout", 5.0)
+    if timeout_s is None:
+        return wanted_ms
+    return max(1, min(wanted_ms, int(float(timeout_s) * 1000 / 2)))
+
+
+class StreamFollower:
+    """Follows one issuer's event stream into a :class:`KeySet`.
+
+    :param refresh_jwks: fetches the JWKS and replaces the key set from it (raises
+        :class:`FetchError`); the follower calls it to resync.
+    :param request_refresh: asks for a rate-limited JWKS refresh without waiting (used on a
+        forged event, which anyone able to write to Redis could repeat at will).
+    :param on_connected: told ``True`` once a session is synced and following, ``False`` when
+        it ends; and called on every ``XREAD`` reply, as proof the stream is reachable.
+    :param on_applied: told each event applied, and the time it was applied.
+    """
+
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        stream: str,
+        keyset: KeySet,
+        issuer: str,
+        announcement_keys: Mapping[str, Ed25519PublicKey],
+        refresh_jwks: Callable[[], Awaitable[object]],
+        request_refresh: Callable[[str], None],
+        on_connected: Callable[[bool], None],
+        on_applied: Callable[[Event, float], None],
+        clock: Clock,
+        metrics: Metrics,
+        block_ms: int = block_ms,
+        reconnect_max_s: float = reconnect_max_s,
+    ) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.keyset = keyset
+        self.issuer = issuer
+        self.announcement_keys = announcement_keys
+        self._refresh_jwks = refresh_jwks
+        self._request_refresh = request_refresh
+        self._on_connected = on_connected
+        self._on_applied = on_applied
+        self._clock = clock
+        self._metrics = metrics
+        self.block_ms = effective_block_ms(redis, block_ms)
+        self._reconnect_max_s = reconnect_max_s
+        #: Id of the last entry read (or the stream head read at resync).
+        self.last_id = START_ID
+
+    async def run(self, *, synced: bool = False) -> None:
+        """Follow until cancelled.
+
+        :param synced: the caller has just resynced (bootstrap); start following at once.
+        """
+        self._synced = synced
+        while True:
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type((RedisError, FetchError, OSError)),
+                wait=wait_exponential_jitter(multiplier=reconnect_min_s, max=self._reconnect_max_s),
+                before_sleep=self._before_sleep,
+                reraise=True,
+            )
+            # A session that was live and then lost Redis returns normally, so the backoff
+            # starts from its minimum again; only failing to (re)connect backs off further.
+            await retrying(self._session)
+
+    def _before_sleep(self, state: Any) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        self._on_connected(False)
+        logger.warning(
+            "stream %s unreachable (%s), retry %d in %.2fs",
+            self.stream,
+            type(error).__name__,
+            state.attempt_number,
+            state.upcoming_sleep,
+        )
+
+    async def _session(self) -> None:
+        if not self._synced:
+            await self.resync("connect")
+        self._synced = False  # any later session follows a disconnection: resync first
+        self._on_connected(True)
+        try:
+            await self._follow()
+        except (RedisError, OSError) as e:
+            self._on_connected(False)
+            logger.warning("stream %s connection lost: %s", self.stream, type(e).__name__)
+
+    async def head_id(self) -> str:
+        """Id of the stream's newest entry, or ``0-0`` for an empty or missing stream."""
+        newest = await self.redis.xrevrange(self.stream, count=1)
+        entry_id = newest[0][0] if newest else None
+        return START_ID if entry_id is None else _text(entry_id)
+
+    async def resync(self, cause: str) -> None:
+        """Read the stream head, then adopt the JWKS, then follow from the head: no event
+        can fall between the two."""
+        head = await self.head_id()
+        await self._refresh_jwks()
+        self._advance(head)
+        self._metrics.resyncs.labels(cause=cause).inc()
+        logger.info(
+            "resynced from JWKS (%s)",
+            cause,
+            extra={"version": self.keyset.version, "stream_id": head},
+        )
+
+    def _advance(self, entry_id: str) -> None:
+        if stream_id_key(entry_id) > stream_id_key(self.last_id):
+            self.last_id = entry_id
+
+    async def _follow(self) -> None:
+        while True:
+            reply: XReadReply = await self.redis.xread(
+                {self.stream: self.last_id}, count=xread_count, block=self.block_ms
+            )
+            raise_if_cancelled()
+            self._on_connected(True)
+            entries = _entries(reply)
+            if not entries:
+                await self._check_stream_intact()
+                continue
+            for entry_id, fields in entries:
+                await self._handle(_text(entry_id), fields)
+
+    async def _check_stream_intact(self) -> None:
+        # A flushed or restarted-empty Redis leaves a blocked XREAD waiting forever on a key
+        # that no longer exists; the newest id going backwards is how we notice.
+        if self.last_id == START_ID:
+            return
+        head = await self.head_id()
+        if stream_id_key(head) < stream_id_key(self.last_id):
+            logger.warning(
+                "stream %s lost entries (head %s < last read %s)", self.stream, head, self.last_id
+            )
+            self.last_id = START_ID
+            await self.resync("stream_lost")
+
+    async def _handle(self, entry_id: str, fields: StreamFields) -> None:
+        self._advance(entry_id)
+        try:
+            event = parse_event(fields, self.announcement_keys, issuer=self.issuer)
+        except EventError as e:
+            self._metrics.events_rejected.labels(reason=e.reason).inc()
+            logger.warning(
+                "stream entry %s refused: %s (%s)",
+                entry_id,
+                e,
+                e.reason,
+                extra={"stream_id": entry_id, "reason": e.reason},
+            )
+            self._request_refresh("rejected_event")
+            return
+        outcome = self.keyset.apply_event(event, self._clock())
+        if outcome in (Outcome.GAP, Outcome.NEW_EPOCH):
+            logger.info(
+                "event %s v%d: %s, resyncing",
+                event.type,
+                event.version,
+                outcome.value,
+                extra={"kid": event.kid, "event": event.type, "version": event.version},
+            )
+            await self.resync(outcome.value)
+            outcome = self.keyset.apply_event(event, self._clock())
+            if outcome in (Outcome.GAP, Outcome.NEW_EPOCH):
+                # The JWKS we were served is older than the stream (a cache in between).
+                logger.warning(
+                    "JWKS behind the stream after resync (%s)",
+                    outcome.value,
+                    extra={"kid": event.kid, "event": event.type, "version": event.version},
+                )
+        self._record(event, outcome)
+
+    def _record(self, event: Event, outcome: Outcome) -> None:
+        extra = {"kid": event.kid, "event": event.type, "version": event.version}
+        if outcome is Outcome.APPLIED:
+            self._metrics.events_applied.labels(type=event.type).inc()
+            self._on_applied(event, self._clock())
+            logger.info("applied %s v%d", event.type, event.version, extra=extra)
+        else:
+            self._metrics.events_ignored.labels(outcome=outcome.value).inc()
+            logger.debug(
+                "ignored %s v%d (%s)", event.type, event.version, outcome.value, extra=extra
+            )

@@ -1,0 +1,158 @@
+"""HTTP fetches of the issuer's metadata and JWKS (httpx), the fallback the stream makes rare.
+
+JWKS fetches are conditional (``If-None-Match`` with the last ``ETag``; a ``304`` returns the
+document we already hold) and report the response's ``Cache-Control: max-age`` so the poller
+can honour it. Every transport, status or parse failure is wrapped in :class:`FetchError`.
+"""
+
+import logging
+import random
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from .constants import (
+    METADATA_PATH,
+    default_poll_interval_s,
+    max_poll_interval_s,
+    min_poll_interval_s,
+    poll_jitter_ratio,
+)
+from .errors import FetchError, MalformedToken
+from .jws import strict_json_object
+
+logger = logging.getLogger(__name__)
+
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)\"?\s*(?:,|$)", re.IGNORECASE)
+_NO_CACHE = re.compile(r"(?:^|,)\s*(?:no-cache|no-store)\s*(?:,|$)", re.IGNORECASE)
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    """What a verifier needs from ``/.well-known/openid-configuration``."""
+
+    issuer: str
+    jwks_uri: str
+    stream: str | None
+    announcement_keys: list[Mapping[str, Any]]
+    #: The key-store epoch the announcement keys belong to.
+    epoch: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class JwksResponse:
+    """A JWKS fetch: the document, whether it was a ``304``, and how long it may be cached."""
+
+    doc: Mapping[str, Any]
+    not_modified: bool
+    max_age_s: float | None
+
+
+def parse_max_age(cache_control: str | None) -> float | None:
+    """``max-age`` in seconds from a ``Cache-Control`` value; ``0`` for no-cache/no-store."""
+    if not cache_control:
+        return None
+    if _NO_CACHE.search(cache_control):
+        return 0.0
+    match = _MAX_AGE.search(cache_control)
+    return float(match.group(1)) if match else None
+
+
+def poll_delay_s(
+    max_age_s: float | None,
+    rng: random.Random,
+    *,
+    min_s: float = min_poll_interval_s,
+    max_s: float = max_poll_interval_s,
+) -> float:
+    """Seconds until the next poll: ``max-age`` clamped to ``[min_s, max_s]``, minus jitter.
+
+    Jitter only shortens the delay, so a poll never waits past the document's freshness.
+    """
+    interval = default_poll_interval_s if max_age_s is None else max_age_s
+    interval = min(max(interval, min_s), max_s)
+    return interval * (1.0 - poll_jitter_ratio * rng.random())
+
+
+class JwksClient:
+    """Fetches one issuer's metadata and JWKS.
+
+    :param http: the client to use; the caller owns it (and closes it).
+    :param issuer: the issuer URL; metadata for another issuer is refused (OIDC Discovery 4.3).
+    :param jwks_url: overrides the metadata's ``jwks_uri``.
+    """
+
+    def __init__(self, http: httpx.AsyncClient, issuer: str, jwks_url: str | None = None) -> None:
+        self._http = http
+        self.issuer = issuer
+        self.jwks_url = jwks_url
+        self._etag: str | None = None
+        self._doc: Mapping[str, Any] | None = None
+
+    async def _get(self, url: str, headers: Mapping[str, str]) -> httpx.Response:
+        try:
+            return await self._http.get(url, headers=headers)
+        except httpx.HTTPError as e:
+            raise FetchError(f"GET {url} failed: {type(e).__name__}") from e
+
+    async def fetch_metadata(self) -> Metadata:
+        """GET the issuer's openid-configuration.
+
+        :raises FetchError: unreachable, not 200, not JSON, or for another issuer.
+        """
+        url = self.issuer.rstrip("/") + METADATA_PATH
+        response = await self._get(url, {"Accept": "application/json"})
+        doc = _json_object(response, url)
+        if doc.get("issuer") != self.issuer:
+            raise FetchError(f"metadata at {url} is for issuer {doc.get('issuer')!r}")
+        jwks_uri = doc.get("jwks_uri")
+        if not isinstance(jwks_uri, str):
+            raise FetchError(f"metadata at {url} has no jwks_uri")
+        member = doc.get("keyherald")
+        member = member if isinstance(member, Mapping) else {}
+        stream = member.get("stream")
+        announcement = member.get("announcement_keys")
+        epoch = member.get("epoch")
+        return Metadata(
+            epoch=epoch if isinstance(epoch, str) else None,
+            issuer=self.issuer,
+            jwks_uri=jwks_uri,
+            stream=stream if isinstance(stream, str) else None,
+            announcement_keys=list(announcement) if isinstance(announcement, list) else [],
+        )
+
+    async def fetch_jwks(self, *, conditional: bool = True) -> JwksResponse:
+        """GET the JWKS, conditionally on the last ``ETag`` we saw.
+
+        :raises FetchError: unreachable, a status other than 200/304, or not a JSON object.
+        """
+        if self.jwks_url is None:
+            self.jwks_url = (await self.fetch_metadata()).jwks_uri
+        url = self.jwks_url
+        headers = {"Accept": "application/json"}
+        if conditional and self._etag is not None and self._doc is not None:
+            headers["If-None-Match"] = self._etag
+        response = await self._get(url, headers)
+        max_age_s = parse_max_age(response.headers.get("cache-control"))
+        if response.status_code == 304 and "If-None-Match" in headers and self._doc is not None:
+            logger.debug("JWKS not modified", extra={"etag": self._etag})
+            return JwksResponse(self._doc, not_modified=True, max_age_s=max_age_s)
+        doc = _json_object(response, url)
+        self._doc, self._etag = doc, response.headers.get("etag")
+        return JwksResponse(doc, not_modified=False, max_age_s=max_age_s)
+
+    def forget(self) -> None:
+        """Drop the cached document, so the next fetch is unconditional."""
+        self._doc = self._etag = None
+
+
+def _json_object(response: httpx.Response, url: str) -> dict[str, Any]:
+    if response.status_code != 200:
+        raise FetchError(f"GET {url} answered {response.status_code}")
+    try:
+        return strict_json_object(response.content)
+    except MalformedToken as e:
+        raise FetchError(f"GET {url} did not return a JSON object") from e

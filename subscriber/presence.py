@@ -1,0 +1,130 @@
+"""Verifier presence: a small heartbeat record per instance, so operators and the issuer can
+see which verifiers hold which key (``docs/protocol.md``, "Verifier presence").
+
+Per heartbeat, in one transaction::
+
+    ZADD  keyherald:{<tag>}:verifiers       <expiry ms> <instance id>
+    HSET  keyherald:{<tag>}:verifier-state  <instance id> <JSON record>
+
+An instance is live while its score is in the future. Writers and readers both prune expired
+members, so instances that died without saying goodbye disappear after one TTL.
+"""
+
+import json
+import os
+import socket
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .clock import Clock
+from .redis_keys import verifier_index, verifier_states
+
+# Atomic, so an instance that heartbeats between the read and the delete is never dropped.
+_PRUNE = """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, 1000)
+if #expired > 0 then
+    redis.call('ZREM', KEYS[1], unpack(expired))
+    redis.call('HDEL', KEYS[2], unpack(expired))
+end
+return #expired
+"""
+
+
+def new_instance_id() -> str:
+    """A unique id for one verifier instance: host, pid, and a random suffix."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatRecord:
+    """What one verifier instance reports about itself."""
+
+    instance_id: str
+    service: str | None
+    host: str
+    pid: int
+    state: str
+    epoch: str | None
+    version: int
+    #: kid -> seconds since the epoch when this instance first held the key.
+    kids: Mapping[str, float]
+    lag_ms: float | None
+    last_event_ts: float | None
+    updated_at: float
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "instance_id": self.instance_id,
+                "service": self.service,
+                "host": self.host,
+                "pid": self.pid,
+                "state": self.state,
+                "epoch": self.epoch,
+                "version": self.version,
+                "kids": dict(self.kids),
+                "lag_ms": self.lag_ms,
+                "last_event_ts": self.last_event_ts,
+                "updated_at": self.updated_at,
+            },
+            separators=(",", ":"),
+            sort_keys=True,
+        )
+
+
+class Presence:
+    """Writes one instance's heartbeat.
+
+    :param ttl_s: how long a heartbeat keeps the instance listed; refresh well within it.
+    """
+
+    def __init__(
+        self, redis: aioredis.Redis, issuer: str, instance_id: str, clock: Clock, ttl_s: float
+    ) -> None:
+        if ttl_s <= 0:
+            raise ValueError(f"heartbeat ttl must be greater than 0, the input is {ttl_s!r}")
+        self.redis = redis
+        self.instance_id = instance_id
+        self._index = verifier_index(issuer)
+        self._states = verifier_states(issuer)
+        self._clock = clock
+        self._ttl_s = ttl_s
+
+    async def beat(self, record: HeartbeatRecord) -> None:
+        """Publish ``record`` with a fresh expiry and prune expired instances."""
+        now_ms = int(self._clock() * 1000)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.eval(_PRUNE, 2, self._index, self._states, now_ms)
+            pipe.zadd(self._index, {self.instance_id: now_ms + int(self._ttl_s * 1000)})
+            pipe.hset(self._states, self.instance_id, record.to_json())
+            await pipe.execute()
+
+    async def leave(self) -> None:
+        """Remove this instance's record (on a clean shutdown)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(self._index, self.instance_id)
+            pipe.hdel(self._states, self.instance_id)
+            await pipe.execute()
+
+
+async def live_verifiers(redis: aioredis.Redis, issuer: str, now: float) -> list[dict[str, Any]]:
+    """The heartbeat records of instances whose heartbeat has not expired at ``now``.
+
+    Expired members are pruned on the way, as the protocol asks readers to.
+    """
+    index, states = verifier_index(issuer), verifier_states(issuer)
+    now_ms = int(now * 1000)
+    await redis.eval(_PRUNE, 2, index, states, now_ms)
+    live = [
+        m
+        for m in await redis.zrangebyscore(index, f"({now_ms}", "+inf")
+        if not isinstance(m, tuple | list)
+    ]
+    if not live:
+        return []
+    raw = await redis.hmget(states, live)
+    return [json.loads(value) for value in raw if value is not None]

@@ -1,0 +1,527 @@
+"""``Verifier``: the subscriber's public API, a key cache kept warm by the issuer's stream.
+
+::
+
+    async with Verifier(issuer="https://id.example.com", audience="orders-api",
+                        redis_url="redis://127.0.0.1:6379/0") as verifier:
+        claims = verifier.verify(token)      # CPU only: no I/O, no await
+
+Three background tasks keep the cache current: the stream follower (``follower.py``), a JWKS
+poller that only polls while the stream is unreachable, and the presence heartbeat. States:
+
+- ``live``: following the stream; an unknown ``kid`` is refused at once, with no network.
+- ``degraded``: the stream is unreachable; the last known-good keys keep verifying, the JWKS is
+  polled, and an unknown ``kid`` may trigger one background JWKS refresh per cooldown.
+- ``stale``: degraded for longer than ``max_staleness_s`` since the keys were last confirmed;
+  tokens are refused (``keys_stale``) unless ``stale_policy="keep_verifying"``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import random
+import socket
+import threading
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import redis.asyncio as aioredis
+from prometheus_client import REGISTRY, CollectorRegistry
+from redis.exceptions import RedisError
+
+from . import constants
+from .clock import Clock, system_clock
+from .errors import FetchError, InvalidKey, InvalidToken, KeyNotFound, KeyNotUsable
+from .events import Event, load_announcement_keys
+from .follower import StreamFollower, raise_if_cancelled
+from .jwk import SUPPORTED_ALGS
+from .jwks_client import JwksClient, Metadata, poll_delay_s
+from .keyset import KeySet
+from .metrics import Metrics, metrics_for
+from .presence import HeartbeatRecord, Presence, new_instance_id
+from .redis_keys import event_stream
+from .verify import VerifyOptions, verify_token
+
+logger = logging.getLogger(__name__)
+
+StalePolicy = Literal["fail_closed", "keep_verifying"]
+State = Literal["live", "degraded", "stale"]
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """A verifier's view of itself, for readiness probes and dashboards.
+
+    :param kids: every kid the key set knows, with its state (gone keys included).
+    :param lag_s: issuer commit to this verifier applying the last event.
+    :param confirmed_at: when the key set was last confirmed current (stream or JWKS).
+    """
+
+    state: State
+    version: int
+    epoch: str | None
+    kids: Mapping[str, str]
+    lag_s: float | None
+    last_event_at: float | None
+    confirmed_at: float | None
+    instance_id: str
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ValueError(f"{name} must be greater than 0, the input is {value!r}")
+    return float(value)
+
+
+class Verifier:
+    """Verifies JWTs against a key cache that the issuer's event stream keeps current.
+
+    :param issuer: the issuer URL: the exact ``iss`` required, and where metadata is fetched.
+    :param audience: the accepted audience, or a set of them.
+    :param redis_url: the Redis holding the issuer's stream; or pass ``redis``.
+    :param redis: an existing ``redis.asyncio`` client (the caller keeps ownership).
+    :param jwks_url: overrides the metadata's ``jwks_uri``.
+    :param stream: overrides the stream key the metadata announces.
+    :param algorithms: the signing algorithms accepted.
+    :param leeway_s: clock skew tolerated on ``exp``/``nbf``/``iat``.
+    :param typ: the ``typ`` header every token must carry, if any.
+    :param announcement_keys: pinned Ed25519 public JWKs that sign events; by default the
+        ones the issuer's metadata lists.
+    :param clock: seconds since the epoch; injected in tests.
+    :param http_client: an existing ``httpx.AsyncClient`` (the caller keeps ownership).
+    :param stale_policy: ``"fail_closed"`` (default) refuses tokens once stale,
+        ``"keep_verifying"`` keeps serving the last known-good keys.
+    :param max_staleness_s: how long keys stay trusted with the stream unreachable and no
+        successful JWKS fetch.
+    :param unknown_kid_cooldown_s: while degraded, at most one unknown-kid JWKS refresh per
+        this many seconds.
+    :param min_poll_interval_s: lower bound of the JWKS poll interval (``max-age``-driven).
+    :param max_poll_interval_s: upper bound of the JWKS poll interval.
+    :param presence: write heartbeat records (``docs/protocol.md``).
+    :param service: a service name for the heartbeat record.
+    :param registry: the Prometheus registry for metrics; ``None`` turns them off.
+    """
+
+    def __init__(
+        self,
+        *,
+        issuer: str,
+        audience: str | frozenset[str],
+        redis_url: str | None = None,
+        redis: aioredis.Redis | None = None,
+        jwks_url: str | None = None,
+        stream: str | None = None,
+        algorithms: frozenset[str] = frozenset(SUPPORTED_ALGS),
+        leeway_s: float = constants.leeway_s,
+        typ: str | None = None,
+        announcement_keys: Sequence[Mapping[str, Any]] | None = None,
+        clock: Clock = system_clock,
+        http_client: httpx.AsyncClient | None = None,
+        stale_policy: StalePolicy = "fail_closed",
+        max_staleness_s: float = constants.max_staleness_s,
+        unknown_kid_cooldown_s: float = constants.unknown_kid_cooldown_s,
+        min_poll_interval_s: float = constants.min_poll_interval_s,
+        max_poll_interval_s: float = constants.max_poll_interval_s,
+        presence: bool = True,
+        service: str | None = None,
+        heartbeat_interval_s: float = constants.heartbeat_interval_s,
+        heartbeat_ttl_s: float = constants.heartbeat_ttl_s,
+        block_ms: int = constants.block_ms,
+        registry: CollectorRegistry | None = REGISTRY,
+    ) -> None:
+        if (redis_url is None) == (redis is None):
+            raise ValueError("pass exactly one of redis_url and redis")
+        if stale_policy not in ("fail_closed", "keep_verifying"):
+            raise ValueError(
+                f'stale_policy must be "fail_closed" or "keep_verifying", '
+                f'the input is "{stale_policy}"'
+            )
+        if not _positive("max_poll_interval_s", max_poll_interval_s) >= min_poll_interval_s:
+            raise ValueError(
+                f"max_poll_interval_s ({max_poll_interval_s}) is below "
+                f"min_poll_interval_s ({min_poll_interval_s})"
+            )
+        if _positive("heartbeat_ttl_s", heartbeat_ttl_s) <= heartbeat_interval_s:
+            raise ValueError(
+                f"heartbeat_ttl_s ({heartbeat_ttl_s}) must exceed "
+                f"heartbeat_interval_s ({heartbeat_interval_s})"
+            )
+        self.issuer = issuer
+        self.options = VerifyOptions(
+            issuer=issuer, audience=audience, algorithms=algorithms, leeway_s=leeway_s, typ=typ
+        )
+        self._redis_url, self._redis = redis_url, redis
+        self._jwks_url, self._stream = jwks_url, stream
+        self._pinned = list(announcement_keys) if announcement_keys is not None else None
+        if self._pinned is not None:
+            load_announcement_keys(self._pinned)  # refuse a bad pin now, not at start
+        self._clock = clock
+        self._http = http_client
+        self._fail_closed = stale_policy == "fail_closed"
+        self._max_staleness_s = _positive("max_staleness_s", max_staleness_s)
+        self._cooldown_s = _positive("unknown_kid_cooldown_s", unknown_kid_cooldown_s)
+        self._poll_bounds = (
+            _positive("min_poll_interval_s", min_poll_interval_s),
+            max_poll_interval_s,
+        )
+        self._presence_on, self._service = presence, service
+        self._heartbeat_interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
+        self._heartbeat_ttl_s = heartbeat_ttl_s
+        self._block_ms = int(_positive("block_ms", block_ms))
+        self._metrics = metrics_for(registry)
+        self.instance_id = new_instance_id()
+        self.keyset = KeySet(issuer)
+        self._rng = random.Random()
+        # Written by the event loop, read by verify() on any thread: plain attributes whose
+        # single assignments are atomic.
+        self._running = False
+        self._live = False
+        self._confirmed_at = -math.inf
+        self._last_event_ts: float | None = None
+        self._lag_s: float | None = None
+        self._max_age_s: float | None = None
+        # Unknown-kid refresh: single-flight and cooldown, checked from any thread.
+        self._guard = threading.Lock()
+        self._refresh_requested = False
+        self._last_request_at = -math.inf
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._jwks_inflight: asyncio.Future[bool] | None = None
+        self._own_redis: aioredis.Redis | None = None
+        self._own_http: httpx.AsyncClient | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Verifier":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Bootstrap the key set and start following the stream.
+
+        With Redis unreachable the verifier starts ``degraded`` from the JWKS alone.
+
+        :raises FetchError: the issuer's metadata or JWKS could not be fetched.
+        """
+        if self._loop is not None:
+            raise RuntimeError("a Verifier can be started once")
+        self._loop = asyncio.get_running_loop()
+        self._degraded = asyncio.Event()
+        self._dirty = asyncio.Event()
+        try:
+            await self._bootstrap()
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def _bootstrap(self) -> None:
+        if self._redis is None:
+            self._redis = self._own_redis = aioredis.Redis.from_url(
+                str(self._redis_url),
+                socket_timeout=constants.socket_timeout_s,
+                socket_connect_timeout=constants.socket_timeout_s,
+            )
+        if self._http is None:
+            self._http = self._own_http = httpx.AsyncClient(timeout=constants.http_timeout_s)
+        self._jwks = JwksClient(self._http, self.issuer, self._jwks_url)
+        metadata: Metadata | None = None
+        if self._pinned is None or self._jwks_url is None:
+            metadata = await self._jwks.fetch_metadata()
+            self._jwks.jwks_url = self._jwks_url or metadata.jwks_uri
+        pinned = (
+            self._pinned if self._pinned is not None else metadata and metadata.announcement_keys
+        )
+        if not pinned:
+            raise FetchError(f"issuer {self.issuer} announces no announcement keys")
+        self._announce_epoch = metadata.epoch if metadata is not None else None
+        stream = self._stream or (metadata and metadata.stream) or event_stream(self.issuer)
+        self._follower = StreamFollower(
+            redis=self._redis,
+            stream=stream,
+            keyset=self.keyset,
+            issuer=self.issuer,
+            announcement_keys=load_announcement_keys(pinned),
+            refresh_jwks=lambda: self._refresh_jwks("resync"),
+            request_refresh=self._request_refresh,
+            on_connected=self._on_connected,
+            on_applied=self._on_applied,
+            clock=self._clock,
+            metrics=self._metrics,
+            block_ms=self._block_ms,
+        )
+        try:
+            await self._follower.resync("bootstrap")
+            synced = True
+        except (RedisError, OSError) as e:
+            logger.warning("stream %s unreachable at start (%s), degraded", stream, e)
+            await self._refresh_jwks("bootstrap")
+            synced = False
+        self._running = True
+        self._on_connected(synced)
+        self._spawn(self._follower.run(synced=synced), "follower")
+        self._spawn(self._poll_loop(), "poller")
+        if self._presence_on:
+            self._presence = Presence(
+                self._redis, self.issuer, self.instance_id, self._clock, self._heartbeat_ttl_s
+            )
+            self._spawn(self._heartbeat_loop(), "heartbeat")
+        logger.info(
+            "verifier started (%s)",
+            self.health().state,
+            extra={"version": self.keyset.version, "instance_id": self.instance_id},
+        )
+
+    async def aclose(self) -> None:
+        """Stop the background tasks, say goodbye in the presence index, close owned clients."""
+        self._running = False
+        tasks, self._tasks = self._tasks, set()
+        for task in tasks:
+            task.cancel()
+        # Children's CancelledError are results here; our own cancellation still propagates.
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._presence_on and getattr(self, "_presence", None) is not None:
+            with contextlib.suppress(RedisError, OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    await self._presence.leave()
+        if self._own_redis is not None:
+            await self._own_redis.aclose()
+            self._own_redis = None
+        if self._own_http is not None:
+            await self._own_http.aclose()
+            self._own_http = None
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"keyherald-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: "asyncio.Task[Any]") -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("background task %s died", task.get_name(), exc_info=task.exception())
+
+    @property
+    def metrics(self) -> Metrics:
+        """This verifier's Prometheus metrics (shared with verifiers on the same registry)."""
+        return self._metrics
+
+    # -- the hot path ----------------------------------------------------------------------
+
+    def verify(self, token: str) -> dict[str, Any]:
+        """Verify ``token`` and return its claims. CPU only: no I/O, never blocks.
+
+        :raises InvalidToken: a subclass whose ``reason`` says why.
+        :raises RuntimeError: the verifier is not started.
+        """
+        if not self._running:
+            raise RuntimeError("Verifier is not running: use 'async with Verifier(...)'")
+        view = self.keyset.view
+        now = self._clock()
+        try:
+            if (
+                not self._live
+                and self._fail_closed
+                and now - self._confirmed_at > self._max_staleness_s
+            ):
+                raise KeyNotUsable(
+                    "keys are stale: stream and JWKS unreachable", reason="keys_stale"
+                )
+            claims = verify_token(token, view.keys, self.options, now, view.gone)
+        except KeyNotFound as e:
+            self._metrics.invalid(e.reason)
+            if e.reason == "unknown_kid" and not self._live:
+                self._request_refresh("unknown_kid")
+            raise
+        except InvalidToken as e:
+            self._metrics.invalid(e.reason)
+            raise
+        self._metrics.valid.inc()
+        return claims
+
+    # -- JWKS ------------------------------------------------------------------------------
+
+    def _request_refresh(self, trigger: str) -> None:
+        """Ask for a JWKS refresh in the background: single-flight, one per cooldown.
+
+        Callable from any thread. Requests inside the cooldown are dropped, not queued, and
+        never push the cooldown back, so a flood cannot delay the next refresh.
+        """
+        now = self._clock()
+        with self._guard:
+            if self._refresh_requested or now - self._last_request_at < self._cooldown_s:
+                return
+            self._refresh_requested = True
+            self._last_request_at = now
+        loop = self._loop
+        if loop is None or loop.is_closed() or not self._running:
+            self._refresh_requested = False
+            return
+        loop.call_soon_threadsafe(self._spawn, self._requested_refresh(trigger), "refresh")
+
+    async def _requested_refresh(self, trigger: str) -> None:
+        try:
+            await self._refresh_jwks(trigger)
+        except FetchError as e:
+            logger.warning("JWKS refresh (%s) failed: %s", trigger, e)
+        finally:
+            self._refresh_requested = False
+
+    async def _refresh_jwks(self, trigger: str) -> bool:
+        """Fetch the JWKS and adopt it; concurrent callers share one request.
+
+        :returns: whether the key set changed.
+        :raises FetchError: the fetch failed or the document is unusable.
+        """
+        if self._jwks_inflight is None or self._jwks_inflight.done():
+            self._jwks_inflight = asyncio.ensure_future(self._fetch_and_adopt(trigger))
+        return await asyncio.shield(self._jwks_inflight)
+
+    async def _fetch_and_adopt(self, trigger: str) -> bool:
+        try:
+            response = await self._jwks.fetch_jwks()
+        except FetchError:
+            self._metrics.jwks_fetches.labels(trigger=trigger, result="error").inc()
+            raise
+        result = "not_modified" if response.not_modified else "ok"
+        self._metrics.jwks_fetches.labels(trigger=trigger, result=result).inc()
+        now = self._clock()
+        try:
+            changed = self.keyset.replace_from_jwks(response.doc, now)
+        except ValueError as e:
+            self._jwks.forget()
+            raise FetchError(f"JWKS unusable: {e}") from e
+        if self._pinned is None and self.keyset.epoch != self._announce_epoch:
+            await self._refresh_announcement_keys()
+        self._confirmed_at = now
+        self._max_age_s = response.max_age_s
+        if changed:
+            self._metrics.keyset_version.labels(issuer=self.issuer).set(self.keyset.version)
+            self._dirty.set()
+            logger.info(
+                "key set adopted from JWKS (%s)", trigger, extra={"version": self.keyset.version}
+            )
+        return changed
+
+    async def _refresh_announcement_keys(self) -> None:
+        # A rebuilt key store (new epoch) comes with a new announcement key; without it every
+        # later event would look forged. Pinned keys are never replaced from the network.
+        metadata = await self._jwks.fetch_metadata()
+        try:
+            keys = load_announcement_keys(metadata.announcement_keys)
+        except InvalidKey as e:
+            raise FetchError(f"metadata announcement keys unusable: {e}") from e
+        if not keys:
+            raise FetchError(f"issuer {self.issuer} announces no announcement keys")
+        self._follower.announcement_keys = keys
+        self._announce_epoch = metadata.epoch
+        logger.warning(
+            "announcement keys reloaded for epoch %s", metadata.epoch, extra={"kids": sorted(keys)}
+        )
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await self._degraded.wait()
+            lo, hi = self._poll_bounds
+            await asyncio.sleep(poll_delay_s(self._max_age_s, self._rng, min_s=lo, max_s=hi))
+            if self._live:
+                continue
+            try:
+                await self._refresh_jwks("poll")
+            except FetchError as e:
+                logger.warning("JWKS poll failed: %s", e)
+            raise_if_cancelled()
+            self._publish_state()
+
+    # -- follower callbacks ----------------------------------------------------------------
+
+    def _on_connected(self, connected: bool) -> None:
+        if connected:
+            self._confirmed_at = self._clock()
+        if connected == self._live:
+            return
+        self._live = connected
+        if connected:
+            self._degraded.clear()
+        else:
+            self._degraded.set()
+        self._dirty.set()
+        state = self._publish_state()
+        logger.log(
+            logging.INFO if connected else logging.WARNING,
+            "verifier %s",
+            state,
+            extra={"version": self.keyset.version, "instance_id": self.instance_id},
+        )
+
+    def _on_applied(self, event: Event, now: float) -> None:
+        self._last_event_ts = event.ts
+        self._lag_s = max(0.0, now - event.ts)
+        self._metrics.stream_lag.labels(issuer=self.issuer).set(self._lag_s)
+        self._metrics.keyset_version.labels(issuer=self.issuer).set(event.version)
+        self._dirty.set()
+
+    # -- health and presence ---------------------------------------------------------------
+
+    def _state(self) -> State:
+        if self._live:
+            return "live"
+        if self._clock() - self._confirmed_at > self._max_staleness_s:
+            return "stale"
+        return "degraded"
+
+    def _publish_state(self) -> State:
+        state = self._state()
+        self._metrics.set_state(self.issuer, state)
+        return state
+
+    def health(self) -> Health:
+        """The verifier's state, key-set version, kids held with their states, and lag."""
+        view = self.keyset.view
+        return Health(
+            state=self._publish_state(),
+            version=view.version,
+            epoch=view.epoch,
+            kids=dict(view.states),
+            lag_s=self._lag_s,
+            last_event_at=self._last_event_ts,
+            confirmed_at=self._confirmed_at if math.isfinite(self._confirmed_at) else None,
+            instance_id=self.instance_id,
+        )
+
+    def heartbeat_record(self) -> HeartbeatRecord:
+        """The presence record this instance publishes."""
+        view = self.keyset.view
+        return HeartbeatRecord(
+            instance_id=self.instance_id,
+            service=self._service,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            state=self._state(),
+            epoch=view.epoch,
+            version=view.version,
+            kids=dict(view.first_held),
+            lag_ms=None if self._lag_s is None else round(self._lag_s * 1000, 3),
+            last_event_ts=self._last_event_ts,
+            updated_at=self._clock(),
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            self._dirty.clear()
+            try:
+                await self._presence.beat(self.heartbeat_record())
+            except (RedisError, OSError) as e:
+                logger.debug("heartbeat not written: %s", type(e).__name__)
+            raise_if_cancelled()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # lands as the inner wait completes, and this loop would then never end.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._heartbeat_interval_s):
+                    await self._dirty.wait()

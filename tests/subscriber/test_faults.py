@@ -1,0 +1,84 @@
+"""Redis faults: restart, flush, an unreachable Redis with polling, each ending correct."""
+
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from keyherald.redis_server import RedisServer
+from subscriber.clock import ManualClock
+from subscriber.errors import KeyNotFound
+from tests.subscriber.conftest import Issuer, eventually, running_issuer
+
+
+@pytest.fixture
+async def own_redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(
+        redis_server.url, socket_timeout=1.0, socket_connect_timeout=1.0
+    )
+    yield client
+    await client.aclose()
+
+
+def resyncs(verifier, cause: str) -> float:
+    return verifier.metrics.value("keyherald_resyncs_total", cause=cause)
+
+
+async def test_redis_restart_ends_in_a_resync(
+    redis_server: RedisServer, own_redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    async with running_issuer(own_redis, clock) as issuer:
+        verifier = await issuer.verifier(block_ms=200).__aenter__()
+        token = await issuer.token()
+        redis_server.kill()
+        await eventually(lambda: verifier.health().state == "degraded", what="degraded")
+        assert verifier.verify(token)  # serving from the cache
+        redis_server.restart()
+        await eventually(lambda: verifier.health().state == "live", what="live again")
+        assert resyncs(verifier, "connect") >= 1
+        # The issuer's idle pooled connections died with the server (the issuer's concern).
+        await own_redis.connection_pool.disconnect(inuse_connections=False)
+        applied = await issuer.authority.rotate()
+        kid = applied.events[-1].kid
+        await eventually(lambda: kid in verifier.keyset.view.keys, what="event after restart")
+        assert verifier.keyset.version == applied.version
+
+
+async def test_flushed_redis_ends_in_a_resync_to_the_new_epoch(issuer: Issuer) -> None:
+    async with issuer.verifier() as verifier:
+        old_token = await issuer.token()
+        old_epoch = verifier.keyset.epoch
+        await issuer.redis.flushdb()
+        await eventually(lambda: resyncs(verifier, "stream_lost") >= 1, what="flush noticed")
+        assert verifier.keyset.epoch != old_epoch
+        with pytest.raises(KeyNotFound):
+            verifier.verify(old_token)  # the old store's keys are gone with it
+        assert verifier.verify(await issuer.token())
+        # Events of the new epoch are signed by a new announcement key, which it now trusts.
+        applied = await issuer.authority.rotate()
+        kid = applied.events[-1].kid
+        await eventually(lambda: kid in verifier.keyset.view.keys, what="new-epoch event")
+        assert not verifier.metrics.value("keyherald_events_rejected_total", reason="forged_event")
+
+
+async def test_unreachable_redis_keeps_verifying_and_polls_a_rotation(
+    issuer: Issuer, redis_server: RedisServer, own_redis: aioredis.Redis
+) -> None:
+    # The verifier's Redis is cut off from it while the issuer carries on rotating.
+    token = await issuer.token()
+    async with issuer.verifier(
+        redis=own_redis, min_poll_interval_s=0.05, max_poll_interval_s=0.1
+    ) as verifier:
+        assert verifier.health().state == "live"
+        redis_server.kill()
+        await eventually(lambda: verifier.health().state == "degraded", what="degraded")
+        assert verifier.verify(token)
+        await issuer.authority.rotate()
+        issuer.clock.advance(issuer.settings.lead_s)
+        await issuer.authority.tick()
+        new_token = await issuer.token()
+        new_kid = (await issuer.authority.signing_key()).kid
+        await eventually(lambda: new_kid in verifier.keyset.view.keys, what="polled rotation")
+        assert verifier.verify(new_token)
+        assert verifier.health().state == "degraded"
+        assert verifier.metrics.value("keyherald_jwks_fetches_total", trigger="poll", result="ok")

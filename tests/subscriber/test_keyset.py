@@ -1,0 +1,113 @@
+"""KeySet: pure state, events applied once and in version order, JWKS adoption."""
+
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from subscriber.events import Event
+from subscriber.jwk import thumbprint
+from subscriber.jws import b64url_encode
+from subscriber.keyset import KeySet, Outcome
+
+ISSUER = "https://id.example.com"
+
+
+def es256_jwk() -> dict[str, Any]:
+    numbers = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+    jwk: dict[str, Any] = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64url_encode(numbers.x.to_bytes(32, "big")),
+        "y": b64url_encode(numbers.y.to_bytes(32, "big")),
+    }
+    jwk.update(kid=thumbprint(jwk), alg="ES256", use="sig")
+    return jwk
+
+
+def added(jwk: dict[str, Any], version: int, epoch: str = "e1") -> Event:
+    data = {"jwk": jwk, "alg": "ES256", "activate_at": 10.0, "retire_at": None}
+    return Event("key-added", ISSUER, epoch, version, jwk["kid"], 1.0, data)
+
+
+def activated(kid: str, previous: str | None, version: int) -> Event:
+    data = {"previous_kid": previous, "previous_retire_at": None}
+    return Event("key-activated", ISSUER, "e1", version, kid, 2.0, data)
+
+
+def retired(kid: str, reason: str, version: int) -> Event:
+    return Event("key-retired", ISSUER, "e1", version, kid, 3.0, {"reason": reason})
+
+
+def jwks(version: int, epoch: str, states: dict[str, str], *keys: dict[str, Any]) -> dict[str, Any]:
+    return {"keys": list(keys), "keyherald": {"version": version, "epoch": epoch, "states": states}}
+
+
+def test_lifecycle_through_events() -> None:
+    a, b = es256_jwk(), es256_jwk()
+    ks = KeySet(ISSUER)
+    assert ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=0.0)
+    assert ks.apply_event(added(b, 3), now=1.0) is Outcome.APPLIED
+    assert ks.view.states[b["kid"]] == "pending" and b["kid"] in ks.view.keys
+    assert ks.apply_event(activated(b["kid"], a["kid"], 4), now=2.0) is Outcome.APPLIED
+    assert ks.view.states == {a["kid"]: "retiring", b["kid"]: "active"}
+    assert ks.apply_event(retired(a["kid"], "expired", 5), now=3.0) is Outcome.APPLIED
+    assert set(ks.view.keys) == {b["kid"]}
+    assert ks.view.gone == {a["kid"]: "retired_key"}
+    assert ks.apply_event(retired(b["kid"], "revoked", 6), now=4.0) is Outcome.APPLIED
+    assert ks.view.gone[b["kid"]] == "revoked_key" and not ks.view.keys
+    assert ks.view.first_held == {}
+
+
+def test_replayed_reordered_and_gapped_events_change_nothing() -> None:
+    a, b = es256_jwk(), es256_jwk()
+    ks = KeySet(ISSUER)
+    ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=0.0)
+    view = ks.view
+    assert ks.apply_event(added(b, 2), now=1.0) is Outcome.IGNORED  # replay of an old version
+    assert ks.apply_event(activated(b["kid"], a["kid"], 4), now=1.0) is Outcome.GAP
+    assert ks.apply_event(added(b, 3, epoch="e2"), now=1.0) is Outcome.NEW_EPOCH
+    assert ks.view is view
+    assert ks.apply_event(added(b, 3), now=1.0) is Outcome.APPLIED
+    assert ks.apply_event(added(b, 3), now=1.0) is Outcome.IGNORED  # idempotent
+
+
+def test_older_jwks_never_rolls_back_events() -> None:
+    a, b = es256_jwk(), es256_jwk()
+    ks = KeySet(ISSUER)
+    ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=0.0)
+    ks.apply_event(added(b, 3), now=1.0)
+    assert not ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=2.0)
+    assert b["kid"] in ks.view.keys
+
+
+def test_jwks_without_a_key_we_held_marks_it_gone() -> None:
+    a, b = es256_jwk(), es256_jwk()
+    ks = KeySet(ISSUER)
+    ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=0.0)
+    ks.replace_from_jwks(jwks(5, "e1", {b["kid"]: "active", a["kid"]: "revoked"}, b), now=1.0)
+    assert set(ks.view.keys) == {b["kid"]}
+    assert ks.view.gone == {a["kid"]: "revoked_key"}
+
+
+def test_new_epoch_replaces_everything_and_old_epoch_events_are_replays() -> None:
+    a, b = es256_jwk(), es256_jwk()
+    ks = KeySet(ISSUER)
+    ks.replace_from_jwks(jwks(7, "e1", {a["kid"]: "active"}, a), now=0.0)
+    ks.apply_event(retired(a["kid"], "revoked", 8), now=0.5)
+    assert ks.replace_from_jwks(jwks(2, "e2", {b["kid"]: "active"}, b), now=1.0)
+    assert (ks.version, ks.epoch, set(ks.view.keys), dict(ks.view.gone)) == (
+        2,
+        "e2",
+        {b["kid"]},
+        {},
+    )
+    assert ks.apply_event(added(es256_jwk(), 9, epoch="e1"), now=2.0) is Outcome.OLD_EPOCH
+
+
+def test_a_key_that_fails_to_load_never_verifies() -> None:
+    a, weak = es256_jwk(), es256_jwk()
+    weak["x"] = weak["x"][:-4] + "AAAA"  # no longer on the curve
+    ks = KeySet(ISSUER)
+    ks.replace_from_jwks(jwks(1, "e1", {a["kid"]: "active"}, a), now=0.0)
+    assert ks.apply_event(added(weak, 2), now=1.0) is Outcome.APPLIED
+    assert weak["kid"] not in ks.view.keys
