@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("keyherald.status", "show the issuer's keys, the plan, and who holds which key"),
     "verify": ("keyherald.verify_cmd", "verify one token against a running issuer and explain"),
     "issuer": ("issuer.cli", "serve the key authority (JWKS, metadata, admin API, scheduler)"),
+    "relay": ("relay.cli", "deliver key-rotation events to partner webhooks, signed and ordered"),
 }
 
 

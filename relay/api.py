@@ -1,0 +1,144 @@
+"""The relay's admin API (FastAPI), behind the issuer's bearer-token dependency.
+
+::
+
+    POST   /admin/partners                    register; the response holds the secret, once
+    GET    /admin/partners                    list (never a secret)
+    GET    /admin/partners/{id}               one partner, with its queue depth
+    POST   /admin/partners/{id}/disable       stop delivering (queue kept)
+    POST   /admin/partners/{id}/enable        resume; the failure streak restarts
+    DELETE /admin/partners/{id}               forget the partner, its queue and history
+    POST   /admin/partners/{id}/rotate-secret new secret, once; the old one stays valid for
+                                              the overlap
+    GET    /admin/partners/{id}/attempts      latest delivery attempts, newest first
+    POST   /admin/partners/{id}/replay        queue again every event from a version on
+    GET    /metrics                           Prometheus (no token: scrapers hold none)
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+
+from issuer.auth import admin_dependency
+
+from .consumer import read_history
+from .errors import ConfigError, EgressRefused, PartnerNotFound
+from .service import Relay
+
+
+class PartnerIn(BaseModel):
+    """A partner to register."""
+
+    url: str = Field(description="https endpoint (http only for allow-listed addresses)")
+    event_types: list[str] | None = Field(None, description="default: every event type")
+    description: str = ""
+
+
+class ReplayIn(BaseModel):
+    """Where a replay starts."""
+
+    from_version: int = Field(ge=1)
+
+
+def _relay(request: Request) -> Relay:
+    relay: Relay = request.app.state.relay
+    return relay
+
+
+RelayDep = Annotated[Relay, Depends(_relay)]
+router = APIRouter(prefix="/admin")
+
+
+@router.post("/partners", status_code=status.HTTP_201_CREATED)
+async def register(body: PartnerIn, relay: RelayDep) -> dict[str, Any]:
+    """Register a partner; the response carries its secret, which is never shown again."""
+    try:
+        partner, secret = await relay.partners.register(
+            body.url, body.event_types, body.description
+        )
+    except (EgressRefused, ConfigError) as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(e)) from e
+    return {**partner.public(), "secret": secret}
+
+
+@router.get("/partners")
+async def list_partners(relay: RelayDep) -> list[dict[str, Any]]:
+    """Every partner, without secrets."""
+    return [p.public() for p in await relay.partners.list()]
+
+
+@router.get("/partners/{partner_id}")
+async def get_partner(partner_id: str, relay: RelayDep) -> dict[str, Any]:
+    """One partner and the number of items waiting for it."""
+    partner = await relay.partners.get(partner_id)
+    return {**partner.public(), "queued": await relay.deliverer.store.depth(partner_id)}
+
+
+@router.post("/partners/{partner_id}/disable")
+async def disable(partner_id: str, relay: RelayDep) -> dict[str, Any]:
+    """Stop delivering; the queue is kept."""
+    return (await relay.partners.set_enabled(partner_id, False, "manual")).public()
+
+
+@router.post("/partners/{partner_id}/enable")
+async def enable(partner_id: str, relay: RelayDep) -> dict[str, Any]:
+    """Resume delivering; the failure streak starts over."""
+    return (await relay.deliverer.enable(partner_id)).public()
+
+
+@router.delete("/partners/{partner_id}", status_code=status.HTTP_204_NO_CONTENT)
+async def delete(partner_id: str, relay: RelayDep) -> Response:
+    """Forget the partner, its queue and its attempt history."""
+    await relay.partners.delete(partner_id)
+    await relay.deliverer.store.drop_partner(partner_id)
+    relay.metrics.forget_partner(partner_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/partners/{partner_id}/rotate-secret")
+async def rotate(partner_id: str, relay: RelayDep) -> dict[str, Any]:
+    """A new secret, shown once; the previous one stays valid for the overlap."""
+    partner, secret = await relay.partners.rotate_secret(partner_id)
+    return {**partner.public(), "secret": secret}
+
+
+@router.get("/partners/{partner_id}/attempts")
+async def attempts(
+    partner_id: str, relay: RelayDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[dict[str, str]]:
+    """The latest delivery attempts (time, status, latency, error), newest first."""
+    await relay.partners.get(partner_id)
+    return await relay.deliverer.store.attempts(partner_id, limit)
+
+
+@router.post("/partners/{partner_id}/replay", status_code=status.HTTP_202_ACCEPTED)
+async def replay(partner_id: str, body: ReplayIn, relay: RelayDep) -> dict[str, int]:
+    """Queue again, with new webhook ids, every event still in the stream from a version."""
+    await relay.partners.get(partner_id)
+    events = await read_history(relay.redis, relay.issuer, relay.announce_keys, body.from_version)
+    queued = await relay.deliverer.replay(partner_id, events)
+    return {"queued": queued, "from_version": body.from_version}
+
+
+async def _not_found(request: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
+
+
+def create_app(relay: Relay, admin_token: str | None) -> FastAPI:
+    """The admin app of one relay replica.
+
+    :param admin_token: bearer token; ``None`` or empty refuses every admin call.
+    """
+    app = FastAPI(title="keyherald relay", docs_url=None, redoc_url=None)
+    app.state.relay = relay
+    app.include_router(router, dependencies=[Depends(admin_dependency(admin_token))])
+    app.add_exception_handler(PartnerNotFound, _not_found)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(generate_latest(relay.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

@@ -1,0 +1,150 @@
+"""``keyherald relay``: consume the issuer's stream and deliver to partners, with the admin API.
+
+Settings come from the environment (``KEYHERALD_RELAY_…``, see ``keyherald relay --help``).
+Several replicas may run at once against one Redis, each with its own consumer name.
+"""
+
+import argparse
+import asyncio
+import logging
+import textwrap
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+import uvicorn
+from pydantic import ValidationError
+
+from subscriber.constants import http_timeout_s
+from subscriber.errors import FetchError, InvalidKey
+from subscriber.events import load_announcement_keys
+from subscriber.jwks_client import JwksClient
+
+from .api import create_app
+from .delivery import DeliveryPolicy
+from .egress import EgressPolicy
+from .errors import ConfigError
+from .keysource import JwksKeySource
+from .schedule import RetrySchedule
+from .service import Relay
+from .settings import RelaySettings
+
+logger = logging.getLogger(__name__)
+
+HELP = "deliver key-rotation events to partner webhooks: signed, ordered, retried, never lost"
+#: How long start-up waits for the issuer's metadata (announcement keys) to answer.
+metadata_wait_s = 60.0
+
+
+def settings_help() -> str:
+    """One line per setting: environment variable, default and meaning."""
+    lines = ["settings (environment variables; durations in seconds):"]
+    for name, field in RelaySettings.model_fields.items():
+        default = "required" if field.is_required() else "has a default"
+        lines.append(f"  KEYHERALD_RELAY_{name.upper()}")
+        lines.append(textwrap.indent(f"{field.description or name} ({default})", "      "))
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = settings_help()
+    parser.add_argument("--host", default=None, help="admin API bind address (default: setting)")
+    parser.add_argument("--port", type=int, default=None, help="admin API port (default: setting)")
+
+
+def build_relay(
+    settings: RelaySettings, redis: aioredis.Redis, keys: JwksKeySource, announce: dict[str, object]
+) -> Relay:
+    """A :class:`Relay` configured from ``settings``.
+
+    :raises ConfigError: a setting that cannot work.
+    """
+    schedule = RetrySchedule(
+        settings.retry_schedule_s,
+        jitter=settings.retry_jitter,
+        max_retry_after_s=settings.max_retry_after_s,
+    )
+    policy = DeliveryPolicy(
+        schedule,
+        deadline_s=settings.delivery_timeout_s,
+        lease_s=settings.partner_lease_s,
+        max_response_bytes=settings.response_max_bytes,
+        failure_disable_s=settings.failure_disable_s,
+        poll_interval_s=settings.poll_interval_s,
+        collapse=settings.collapse,
+    )
+    try:
+        egress_policy = EgressPolicy.from_strings(settings.egress_allow)
+    except ValueError as e:
+        raise ConfigError(str(e), reason="bad_allow_list") from e
+    return Relay(
+        redis,
+        settings.issuer,
+        announce,  # type: ignore[arg-type]
+        keys,
+        policy=policy,
+        egress_policy=egress_policy,
+        consumer=settings.consumer,
+        group=settings.group,
+        secret_overlap_s=settings.secret_overlap_s,
+        block_ms=settings.block_ms,
+        idle_before_claim_s=settings.idle_before_claim_s,
+        max_attempts=settings.max_attempts,
+    )
+
+
+async def _announcement_jwks(
+    settings: RelaySettings, client: JwksClient
+) -> list[Mapping[str, Any]]:
+    if settings.announcement_keys:
+        return [dict(k) for k in settings.announcement_keys]
+    deadline = time.monotonic() + metadata_wait_s
+    while True:
+        try:
+            return (await client.fetch_metadata()).announcement_keys
+        except FetchError as e:
+            if time.monotonic() > deadline:
+                raise
+            logger.info("waiting for the issuer metadata: %s", e)
+            await asyncio.sleep(1.0)
+
+
+async def serve(settings: RelaySettings, host: str, port: int) -> None:
+    """Run one replica and its admin API until cancelled (Ctrl-C)."""
+    redis = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        async with httpx.AsyncClient(timeout=http_timeout_s) as issuer_http:
+            jwks = JwksClient(issuer_http, settings.issuer, jwks_url=settings.jwks_url)
+            announce = load_announcement_keys(await _announcement_jwks(settings, jwks))
+            if not announce:
+                raise ConfigError("the issuer publishes no announcement keys")
+            relay = build_relay(settings, redis, JwksKeySource(jwks), dict(announce))
+            app = create_app(relay, settings.admin_token.get_secret_value())
+            config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off")
+            async with relay:
+                logger.info("relay for %s: admin API on http://%s:%s", settings.issuer, host, port)
+                await uvicorn.Server(config).serve()
+    finally:
+        await redis.aclose()
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        settings = RelaySettings()  # type: ignore[call-arg]  # issuer comes from the env
+    except ValidationError as e:
+        # pydantic names the setting; SecretStr keeps the token out of the message.
+        logger.error("cannot start the relay: %s", e)
+        return 2
+    host = args.host or settings.host
+    port = args.port or settings.port
+    try:
+        asyncio.run(serve(settings, host, port))
+    except (ConfigError, FetchError, InvalidKey) as e:
+        logger.error("cannot start the relay: %s", e)
+        return 2
+    except KeyboardInterrupt:
+        pass
+    return 0

@@ -1,0 +1,263 @@
+"""The relay's reader of the issuer's event stream: a Redis consumer group, at-least-once.
+
+Each replica is one consumer of the group. An entry is acknowledged only in the same Redis
+step that queues it for the partners (see :meth:`relay.queue.DeliveryStore.fan_out`), so a
+replica that dies between reading and queueing leaves it pending, and then:
+
+* on start, a replica first re-reads its *own* pending entries (same consumer name);
+* peers ``XAUTOCLAIM`` entries idle longer than ``idle_before_claim_s`` (which exceeds the
+  delivery timeout, so a live replica's work is never taken from it);
+* an entry that was handed out more than ``max_attempts`` times, or whose signature does not
+  verify, goes to the dead-letter stream and is acknowledged instead of blocking the group.
+
+After a Redis restart without persistence the group is gone and reads fail with ``NOGROUP``;
+the group is recreated from the start of the stream (the partners' delivered marks keep that
+from sending anything twice).
+"""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from redis.exceptions import ResponseError
+
+from subscriber.errors import EventError
+from subscriber.events import Event, parse_event
+from subscriber.redis_keys import event_stream
+
+from .metrics import RelayMetrics
+from .queue import DeliveryStore, text
+
+logger = logging.getLogger(__name__)
+
+#: (event, signed JWS, group, entry id) -> queue it and XACK the entry.
+Handler = Callable[[Event, str, str, str], Awaitable[object]]
+#: One stream entry as redis-py returns it.
+Entry = tuple[bytes, Mapping[bytes, bytes]]
+
+_BATCH = 100
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+class StreamConsumer:
+    """Reads one issuer's stream as one consumer of a group and hands verified events on.
+
+    :param announce_keys: kid -> Ed25519 key; events signed otherwise are refused.
+    :param handler: called with each verified event; must acknowledge the entry.
+    :param consumer: this replica's consumer name; keep it across restarts so pending
+        entries are found again.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        issuer: str,
+        announce_keys: Mapping[str, Ed25519PublicKey],
+        handler: Handler,
+        *,
+        group: str,
+        consumer: str,
+        block_ms: int = 2_000,
+        idle_before_claim_s: float = 60.0,
+        max_attempts: int = 5,
+        retry_interval_s: float = 1.0,
+        metrics: RelayMetrics | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError(f'max_attempts must be >= 1, the input is "{max_attempts}"')
+        if idle_before_claim_s <= 0:
+            raise ValueError(
+                f'idle_before_claim_s must be > 0, the input is "{idle_before_claim_s}"'
+            )
+        self._redis = redis
+        self.issuer = issuer
+        self.stream = event_stream(issuer)
+        self._keys = announce_keys
+        self._handler = handler
+        self.group = group
+        self.consumer = consumer
+        self._block_ms = block_ms
+        self._idle_ms = int(idle_before_claim_s * 1000)
+        self._max_attempts = max_attempts
+        self._retry_interval_s = retry_interval_s
+        self._dead = DeliveryStore(redis, issuer)
+        self.metrics = metrics or RelayMetrics()
+        self._retry_own = True
+
+    async def ensure_group(self) -> None:
+        """Create the group (and the stream) if missing; an existing group is kept."""
+        try:
+            await self._redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            logger.info("consumer group created group=%s", self.group)
+        except ResponseError as e:
+            if not str(e).startswith("BUSYGROUP"):
+                raise
+
+    async def run(self) -> None:
+        """Consume until cancelled."""
+        await self.ensure_group()
+        while True:
+            # A cancellation can be lost inside the Redis client (it reconnects and retries a
+            # read it was told to abandon); the task still reports it, so honour it here.
+            if _cancelling():
+                raise asyncio.CancelledError
+            try:
+                await self.poll()
+            except ResponseError as e:
+                if not str(e).startswith("NOGROUP"):
+                    raise
+                logger.warning("consumer group missing (Redis restarted?), recreating")
+                await self.ensure_group()
+                self._retry_own = True
+            except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as e:
+                # redis-py can turn a cancellation that lands mid-read into a ConnectionError;
+                # swallowing that would make the task impossible to stop.
+                if _cancelling():
+                    raise asyncio.CancelledError from e
+                logger.warning("stream read failed, retrying: %s", type(e).__name__)
+                await asyncio.sleep(self._retry_interval_s)
+
+    async def poll(self) -> int:
+        """One round: own pending entries (when due), dead peers' entries, then new ones.
+
+        :returns: how many entries were handled.
+        """
+        handled = 0
+        if self._retry_own:
+            self._retry_own = False
+            handled += await self.drain_own_pending()
+        handled += await self.claim_idle()
+        reply = await self._redis.xreadgroup(
+            self.group, self.consumer, {self.stream: ">"}, count=_BATCH, block=self._block_ms
+        )
+        # RESP2 answers [[stream, entries]], RESP3 {stream: entries}.
+        streams = reply.items() if isinstance(reply, dict) else (reply or [])
+        for _, entries in cast(list[tuple[bytes, list[Entry]]], streams):
+            for entry_id, fields in entries:
+                await self._handle(text(entry_id), fields, delivered=1)
+                handled += 1
+        return handled
+
+    async def drain_own_pending(self) -> int:
+        """Handle the entries this consumer read but never acknowledged (a crash, a failure)."""
+        rows = await self._redis.xpending_range(
+            self.stream, self.group, "-", "+", _BATCH, consumername=self.consumer
+        )
+        if not rows:
+            return 0
+        ids: list[int | bytes | str | memoryview[int]] = [row["message_id"] for row in rows]
+        # XCLAIM to ourselves with no idle minimum: it returns the fields, counts the hand-out
+        # (which is what bounds a poison entry) and resets the idle time peers look at.
+        claimed = await self._redis.xclaim(self.stream, self.group, self.consumer, 0, ids)
+        counts = {text(row["message_id"]): int(row["times_delivered"]) + 1 for row in rows}
+        present = await self._handle_all(cast(list[Entry], claimed), counts)
+        await self._ack_trimmed([text(i) for i in ids], present)
+        return len(ids)
+
+    async def claim_idle(self) -> int:
+        """``XAUTOCLAIM`` entries other consumers left idle past the claim threshold."""
+        reply = await self._redis.xautoclaim(
+            self.stream, self.group, self.consumer, self._idle_ms, "0-0", count=_BATCH
+        )
+        entries = cast(list[Entry], reply[1])
+        deleted = [text(i) for i in (reply[2] if len(reply) > 2 else [])]
+        if deleted:
+            # Trimmed from the stream while pending: nothing left to deliver.
+            await self._redis.xack(self.stream, self.group, *deleted)
+        if not entries:
+            return 0
+        logger.info("claimed idle entries count=%s", len(entries))
+        ids = [text(entry_id) for entry_id, _ in entries]
+        rows = await self._redis.xpending_range(self.stream, self.group, ids[0], ids[-1], _BATCH)
+        counts = {text(row["message_id"]): int(row["times_delivered"]) for row in rows}
+        await self._handle_all(entries, counts)
+        return len(entries)
+
+    async def _handle_all(self, entries: list[Entry], counts: Mapping[str, int]) -> set[str]:
+        present = set()
+        for entry_id, fields in entries:
+            eid = text(entry_id)
+            present.add(eid)
+            await self._handle(eid, fields, delivered=counts.get(eid, 1))
+        return present
+
+    async def _ack_trimmed(self, ids: list[str], present: set[str]) -> None:
+        gone = [i for i in ids if i not in present]
+        if gone:
+            await self._redis.xack(self.stream, self.group, *gone)
+
+    async def _handle(self, entry_id: str, fields: Any, *, delivered: int) -> None:
+        if not fields:
+            await self._redis.xack(self.stream, self.group, entry_id)
+            return
+        if delivered > self._max_attempts:
+            await self._dead_letter(entry_id, fields, "too_many_attempts")
+            return
+        try:
+            event = parse_event(fields, self._keys, issuer=self.issuer)
+        except EventError as e:
+            # Deterministic: it would fail the same way on every retry.
+            await self._dead_letter(entry_id, fields, e.reason)
+            return
+        jws = text(fields.get(b"jws", fields.get("jws")))
+        try:
+            await self._handler(event, jws, self.group, entry_id)
+        except (aioredis.ConnectionError, aioredis.TimeoutError):
+            raise
+        except Exception:
+            # Left pending on purpose: retried from our own pending list, and dead-lettered
+            # once handed out max_attempts times, so one bad entry cannot stall the group.
+            logger.exception("event handling failed entry=%s version=%s", entry_id, event.version)
+            self.metrics.events.labels("failed").inc()
+            self._retry_own = True
+            await asyncio.sleep(self._retry_interval_s)
+            return
+        self.metrics.events.labels("fanned_out").inc()
+
+    async def _dead_letter(self, entry_id: str, fields: Any, reason: str) -> None:
+        logger.warning("stream entry dead-lettered entry=%s reason=%s", entry_id, reason)
+        record = {text(k): text(v) for k, v in fields.items()}
+        await self._dead.dead_letter(
+            {"kind": "stream", "reason": reason, "entry_id": entry_id, **record}
+        )
+        await self._redis.xack(self.stream, self.group, entry_id)
+        self.metrics.dead_letters.labels("stream", reason).inc()
+        self.metrics.events.labels("refused").inc()
+
+
+async def read_history(
+    redis: aioredis.Redis,
+    issuer: str,
+    announce_keys: Mapping[str, Ed25519PublicKey],
+    from_version: int,
+) -> list[tuple[Event, str]]:
+    """Verified events still in the stream with ``version >= from_version`` (for replays),
+    of the newest epoch present, in version order. Entries that do not verify are skipped."""
+    stream = event_stream(issuer)
+    found: dict[int, tuple[Event, str]] = {}
+    epoch = None
+    start = "-"
+    while True:
+        rows = await redis.xrange(stream, min=start, count=1000)
+        if not rows:
+            break
+        for _, fields in rows:
+            if not fields:
+                continue
+            try:
+                event = parse_event(fields, announce_keys, issuer=issuer)  # type: ignore[arg-type]
+            except EventError:
+                continue
+            if event.epoch != epoch:
+                found, epoch = {}, event.epoch
+            if event.version >= from_version:
+                found[event.version] = (event, text(fields.get(b"jws", fields.get("jws"))))
+        start = "(" + text(rows[-1][0])
+    return [found[v] for v in sorted(found)]

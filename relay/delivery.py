@@ -1,0 +1,378 @@
+"""Delivery: one worker per partner sends its queue, head first, under a Redis lease.
+
+The dispatcher (:meth:`Deliverer.run`) looks at every partner each poll interval, or at once
+when this replica queued something, and starts a worker for each enabled partner with a
+non-empty queue whose lease it can take. The lease (held by one replica, renewed before every
+attempt, longer than an attempt's deadline) is what keeps one partner's deliveries in order
+when several replicas run; if a replica dies mid-delivery its lease expires and another
+replica sends the same item again, with the same ``webhook-id``.
+
+An attempt's outcome:
+
+* ``2xx``: delivered; when ``collapse`` is on, queued items the delivered key set already
+  covers are dropped (the payload carries the full set, so the partner is up to date);
+* ``410 Gone``: the partner is disabled (reason ``gone``);
+* anything else: retried per the :class:`~relay.schedule.RetrySchedule` (longer if a 429/503
+  sent ``Retry-After``), dead-lettered once attempts are spent, and the partner disabled
+  (reason ``failing``) once it has failed without a single success for ``failure_disable_s``.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+import redis.asyncio as aioredis
+
+from subscriber.clock import Clock, system_clock
+from subscriber.events import Event
+
+from . import egress
+from .egress import EgressPolicy, Resolver, system_resolver
+from .errors import ConfigError, DeliveryFailed, EgressRefused, PartnerNotFound
+from .keysource import KeySource, current_for, payload
+from .metrics import RelayMetrics
+from .partners import Partner, PartnerStore
+from .queue import DeliveryStore, HeadState, Item
+from .schedule import RetrySchedule
+from .signing import webhook_headers
+
+logger = logging.getLogger(__name__)
+
+
+def _cancelling() -> bool:
+    # The Redis client can lose a cancellation that lands mid-command (it reconnects and
+    # retries); the task still counts it, so loops check here and stop.
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryPolicy:
+    """How the relay delivers; every duration in seconds.
+
+    :param deadline_s: total time of one attempt (resolve, connect, send, read the response).
+    :param lease_s: a partner's delivery lease; must exceed ``deadline_s``.
+    :param failure_disable_s: continuous failure after which a partner is disabled.
+    :param poll_interval_s: how often a replica looks for work queued by other replicas.
+    :param collapse: drop queued items a delivered full key set already covers.
+    """
+
+    schedule: RetrySchedule
+    deadline_s: float = 15.0
+    lease_s: float = 30.0
+    max_response_bytes: int = 64 * 1024
+    failure_disable_s: float = 5 * 86_400.0
+    poll_interval_s: float = 1.0
+    collapse: bool = True
+
+    def __post_init__(self) -> None:
+        if self.deadline_s <= 0:
+            raise ConfigError(f'delivery deadline must be > 0, the input is "{self.deadline_s}"')
+        if self.lease_s <= self.deadline_s:
+            raise ConfigError(
+                f"partner lease must exceed the delivery deadline ({self.deadline_s}), "
+                f'the input is "{self.lease_s}"'
+            )
+        if self.max_response_bytes < 1:
+            raise ConfigError(
+                f'response byte cap must be >= 1, the input is "{self.max_response_bytes}"'
+            )
+        if self.poll_interval_s <= 0 or self.failure_disable_s <= 0:
+            raise ConfigError(
+                "poll interval and failure-disable window must be > 0, the inputs are "
+                f'"{self.poll_interval_s}" and "{self.failure_disable_s}"'
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """The result of one HTTP attempt."""
+
+    status: int | None
+    error: str | None
+    latency_s: float
+    covers: int
+    retry_after_s: float | None = None
+
+
+class Deliverer:
+    """Queues verified events for partners and delivers them.
+
+    :param owner: this replica's id (lease holder, attempt records).
+    :param http: client for partner requests; see :func:`relay.egress.new_client`.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        issuer: str,
+        partners: PartnerStore,
+        keys: KeySource,
+        *,
+        policy: DeliveryPolicy,
+        egress_policy: EgressPolicy,
+        http: httpx.AsyncClient,
+        owner: str,
+        metrics: RelayMetrics | None = None,
+        clock: Clock = system_clock,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        self.store = DeliveryStore(redis, issuer)
+        self.partners = partners
+        self.policy = policy
+        self.metrics = metrics or RelayMetrics()
+        self._keys = keys
+        self._egress = egress_policy
+        self._http = http
+        self._owner = owner
+        self._clock = clock
+        self._resolver = resolver
+        self._wakeup = asyncio.Event()
+        self._workers: dict[str, asyncio.Task[None]] = {}
+
+    async def fan_out(self, event: Event, jws: str, group: str, entry_id: str) -> list[str]:
+        """Queue ``event`` for every enabled partner that wants its type and ack the entry.
+
+        :returns: the partner ids it was queued for.
+        """
+        wanted = [p.id for p in await self.partners.list() if p.enabled and p.wants(event.type)]
+        await self.store.fan_out(
+            Item.of(event, jws), event.epoch, wanted, group=group, entry_id=entry_id
+        )
+        logger.info(
+            "event queued event=%s version=%s partners=%s", event.type, event.version, len(wanted)
+        )
+        self.wake()
+        return wanted
+
+    async def replay(self, partner_id: str, events: Sequence[tuple[Event, str]]) -> int:
+        """Queue ``events`` again for one partner, with fresh webhook ids (a replay is a new
+        message, so a partner that de-duplicates on ``webhook-id`` still processes it).
+
+        :raises PartnerNotFound: no such partner.
+        """
+        await self.partners.get(partner_id)
+        suffix = f"_r{int(self._clock() * 1000)}"
+        added = await self.store.enqueue(partner_id, [Item.of(e, j, suffix) for e, j in events])
+        logger.info("replay queued partner=%s items=%s", partner_id, added)
+        self.wake()
+        return added
+
+    async def enable(self, partner_id: str) -> Partner:
+        """Re-enable a partner: its failure streak restarts and its queue is sent at once.
+
+        :raises PartnerNotFound: no such partner.
+        """
+        partner = await self.partners.set_enabled(partner_id, True)
+        await self.store.reset_failures(partner_id)
+        self.wake()
+        return partner
+
+    def wake(self) -> None:
+        """Look for work now instead of at the next poll."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        """Dispatch until cancelled; workers are cancelled with it (their leases expire or are
+        released, and the queues stay in Redis)."""
+        try:
+            while True:
+                if _cancelling():
+                    raise asyncio.CancelledError
+                try:
+                    await self.tick()
+                except (aioredis.RedisError, OSError) as e:
+                    if _cancelling():
+                        raise asyncio.CancelledError from e
+                    logger.warning("dispatch failed, retrying: %s", type(e).__name__)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.policy.poll_interval_s):
+                        await self._wakeup.wait()
+                self._wakeup.clear()
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop every worker of this replica."""
+        workers = list(self._workers.values())
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+
+    async def tick(self) -> None:
+        """One dispatch round: refresh gauges, start workers where there is work."""
+        now = self._clock()
+        for partner in await self.partners.list():
+            depth = await self.store.depth(partner.id)
+            head = await self.store.head(partner.id) if depth else None
+            self.metrics.queue_depth.labels(partner.id).set(depth)
+            age = now - float(head.event["ts"]) if head is not None else 0.0
+            self.metrics.oldest_age.labels(partner.id).set(max(0.0, age))
+            if not (partner.enabled and depth) or partner.id in self._workers:
+                continue
+            if await self.store.acquire(partner.id, self._owner, self.policy.lease_s):
+                self._workers[partner.id] = asyncio.create_task(
+                    self._work(partner.id), name=f"relay-deliver-{partner.id}"
+                )
+
+    async def _work(self, partner_id: str) -> None:
+        try:
+            while await self._step(partner_id):
+                if _cancelling():
+                    raise asyncio.CancelledError
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # A worker must never die silently: log it; the lease expires (or is released
+            # below) and the next dispatch round starts a fresh worker.
+            logger.exception("delivery worker failed partner=%s", partner_id)
+        finally:
+            self._workers.pop(partner_id, None)
+            with contextlib.suppress(aioredis.RedisError, OSError):
+                await asyncio.shield(self.store.release(partner_id, self._owner))
+
+    async def _step(self, partner_id: str) -> bool:
+        """Deliver or wait for the head once; ``False`` when this worker should stop."""
+        if not await self.store.renew(partner_id, self._owner, self.policy.lease_s):
+            logger.warning("delivery lease lost partner=%s", partner_id)
+            return False
+        try:
+            partner = await self.partners.get(partner_id)
+        except PartnerNotFound:
+            await self.store.drop_partner(partner_id)
+            self.metrics.forget_partner(partner_id)
+            return False
+        head = await self.store.head(partner_id) if partner.enabled else None
+        if head is None:
+            return False
+        state = await self.store.state(partner_id, head)
+        wait = (state.next_at or 0.0) - self._clock()
+        if wait > 0:
+            # Sleep in slices so the lease is renewed while a retry is pending.
+            await asyncio.sleep(min(wait, self.policy.lease_s / 3))
+            return True
+        await self._deliver(partner, head, state)
+        return True
+
+    async def _attempt(self, partner: Partner, head: Item, now: float) -> Attempt:
+        started = time.monotonic()
+        covers = head.version
+        try:
+            keys = await current_for(self._keys, head)
+            covers = keys.version
+            body = payload(head, keys)
+            headers = webhook_headers(head.webhook_id, now, body, partner.valid_secrets(now))
+            headers["content-type"] = "application/json"
+            response = await egress.post(
+                self._http,
+                partner.url,
+                content=body,
+                headers=headers,
+                policy=self._egress,
+                deadline_s=self.policy.deadline_s,
+                max_response_bytes=self.policy.max_response_bytes,
+                resolver=self._resolver,
+            )
+        except (DeliveryFailed, EgressRefused) as e:
+            return Attempt(None, e.reason, time.monotonic() - started, covers)
+        except TimeoutError:
+            return Attempt(None, "timeout", time.monotonic() - started, covers)
+        except httpx.HTTPError as e:
+            return Attempt(None, type(e).__name__, time.monotonic() - started, covers)
+        status = response.status
+        retry_after = None
+        if status in (429, 503):
+            retry_after = egress.retry_after_s(response.headers.get("retry-after"), now)
+        error = None if 200 <= status < 300 else ("redirect" if 300 <= status < 400 else "status")
+        return Attempt(status, error, response.latency_s, covers, retry_after)
+
+    async def _deliver(self, partner: Partner, head: Item, state: HeadState) -> None:
+        now = self._clock()
+        number = state.attempts + 1
+        result = await self._attempt(partner, head, now)
+        outcome = self._outcome(result, number, state, now)
+        await self.store.record_attempt(
+            partner.id,
+            {
+                "ts": repr(now),
+                "version": head.version,
+                "webhook_id": head.webhook_id,
+                "attempt": number,
+                "status": result.status or 0,
+                "latency_ms": round(result.latency_s * 1000, 3),
+                "error": result.error or "",
+                "outcome": outcome,
+            },
+        )
+        result_label = f"{result.status // 100}xx" if result.status else str(result.error)
+        self.metrics.attempts.labels(partner.id, result_label).inc()
+        self.metrics.deliveries.labels(partner.id, outcome).inc()
+        log = logger.info if outcome == "delivered" else logger.warning
+        log(
+            "delivery %s partner=%s version=%s webhook_id=%s attempt=%s status=%s error=%s",
+            outcome, partner.id, head.version, head.webhook_id, number, result.status,
+            result.error,
+        )  # fmt: skip
+        await self._apply(outcome, partner, head, state, result, number, now)
+
+    def _outcome(self, result: Attempt, number: int, state: HeadState, now: float) -> str:
+        if result.error is None:
+            return "delivered"
+        if result.status == 410:
+            return "gone"
+        failing_since = state.failing_since if state.failing_since is not None else now
+        if now - failing_since >= self.policy.failure_disable_s:
+            return "disabled"
+        if self.policy.schedule.delay_s(number + 1, result.retry_after_s) is None:
+            return "dead_lettered"
+        return "retry"
+
+    async def _apply(
+        self,
+        outcome: str,
+        partner: Partner,
+        head: Item,
+        state: HeadState,
+        result: Attempt,
+        number: int,
+        now: float,
+    ) -> None:
+        if outcome == "delivered":
+            removed = await self.store.complete(
+                partner.id, head, result.covers, collapse=self.policy.collapse
+            )
+            if removed > 1:
+                self.metrics.deliveries.labels(partner.id, "collapsed").inc(removed - 1)
+            return
+        failing_since = state.failing_since if state.failing_since is not None else now
+        if outcome in ("gone", "disabled"):
+            await self.store.record_failure(partner.id, head, number, now, failing_since)
+            reason = "gone" if outcome == "gone" else "failing"
+            await self.partners.set_enabled(partner.id, False, reason)
+            logger.warning(
+                "partner disabled partner=%s reason=%s failing_since=%s",
+                partner.id, reason, failing_since,
+            )  # fmt: skip
+        elif outcome == "dead_lettered":
+            await self.store.dead_letter(
+                {
+                    "kind": "delivery",
+                    "reason": result.error or "failed",
+                    "partner": partner.id,
+                    "version": head.version,
+                    "webhook_id": head.webhook_id,
+                    "attempts": number,
+                    "ts": repr(now),
+                    "item": head.member,
+                }
+            )
+            self.metrics.dead_letters.labels("delivery", result.error or "failed").inc()
+            await self.store.drop_head(partner.id, head)
+            await self.store.record_failure_streak(partner.id, failing_since)
+        else:
+            delay = self.policy.schedule.delay_s(number + 1, result.retry_after_s) or 0.0
+            await self.store.record_failure(partner.id, head, number, now + delay, failing_since)

@@ -1,0 +1,138 @@
+"""One relay replica: the stream consumer and the deliverer, started and stopped together.
+
+::
+
+    async with Relay(redis, issuer, announce_keys, key_source, ...) as relay:
+        await relay.partners.register("https://partner.example/hooks")
+        ...
+
+Several replicas may run against one Redis; each needs its own ``consumer`` name.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from types import TracebackType
+
+import httpx
+import redis.asyncio as aioredis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from subscriber.clock import Clock, system_clock
+
+from .consumer import StreamConsumer
+from .delivery import Deliverer, DeliveryPolicy
+from .egress import EgressPolicy, Resolver, new_client, system_resolver
+from .keysource import KeySource
+from .metrics import RelayMetrics
+from .partners import PartnerStore
+
+logger = logging.getLogger(__name__)
+
+
+class Relay:
+    """A relay replica.
+
+    :param redis: the issuer's Redis; the caller owns the client.
+    :param announce_keys: keys that sign the issuer's events (kid -> key).
+    :param keys: where the current key set for payloads comes from.
+    :param consumer: this replica's consumer-group name; reuse it after a restart so the
+        replica finds its own pending entries first.
+    :param http: client for partner requests; one from :func:`relay.egress.new_client` (owned
+        and closed by the relay) when not given.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        issuer: str,
+        announce_keys: Mapping[str, Ed25519PublicKey],
+        keys: KeySource,
+        *,
+        policy: DeliveryPolicy,
+        egress_policy: EgressPolicy,
+        consumer: str,
+        group: str = "relay",
+        secret_overlap_s: float = 86_400.0,
+        block_ms: int = 2_000,
+        idle_before_claim_s: float = 60.0,
+        max_attempts: int = 5,
+        http: httpx.AsyncClient | None = None,
+        metrics: RelayMetrics | None = None,
+        clock: Clock = system_clock,
+        resolver: Resolver = system_resolver,
+    ) -> None:
+        if idle_before_claim_s <= policy.deadline_s:
+            raise ValueError(
+                f"idle_before_claim_s must exceed the delivery deadline ({policy.deadline_s}), "
+                f'the input is "{idle_before_claim_s}"'
+            )
+        self.issuer = issuer
+        self.announce_keys = announce_keys
+        self.metrics = metrics or RelayMetrics()
+        self._own_http = http is None
+        self._http = http or new_client()
+        self.partners = PartnerStore(
+            redis, issuer, overlap_s=secret_overlap_s, policy=egress_policy, clock=clock
+        )
+        self.deliverer = Deliverer(
+            redis,
+            issuer,
+            self.partners,
+            keys,
+            policy=policy,
+            egress_policy=egress_policy,
+            http=self._http,
+            owner=consumer,
+            metrics=self.metrics,
+            clock=clock,
+            resolver=resolver,
+        )
+        self.consumer = StreamConsumer(
+            redis,
+            issuer,
+            announce_keys,
+            self.deliverer.fan_out,
+            group=group,
+            consumer=consumer,
+            block_ms=block_ms,
+            idle_before_claim_s=idle_before_claim_s,
+            max_attempts=max_attempts,
+            retry_interval_s=policy.poll_interval_s,
+            metrics=self.metrics,
+        )
+        self.redis = redis
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        """Create the consumer group and start consuming and delivering."""
+        await self.consumer.ensure_group()
+        self._tasks = [
+            asyncio.create_task(self.consumer.run(), name="relay-consumer"),
+            asyncio.create_task(self.deliverer.run(), name="relay-dispatcher"),
+        ]
+        logger.info("relay started consumer=%s", self.consumer.consumer)
+
+    async def aclose(self) -> None:
+        """Stop; undelivered work stays in Redis for the next start or a peer."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._own_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> "Relay":
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

@@ -1,0 +1,194 @@
+"""Relay fixtures: a small signing issuer in the test Redis, receivers, a relay factory."""
+
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from relay.delivery import DeliveryPolicy
+from relay.egress import EgressPolicy
+from relay.keysource import JwksKeySource
+from relay.metrics import RelayMetrics
+from relay.schedule import RetrySchedule
+from relay.service import Relay
+from subscriber.events import Event, announcement_jwk, sign_event
+from subscriber.jwk import thumbprint
+from subscriber.jwks_client import JwksClient
+from subscriber.jws import b64url_encode
+from subscriber.redis_keys import event_stream
+
+ISSUER = "https://issuer.test"
+JWKS_URL = ISSUER + "/.well-known/jwks.json"
+
+
+def ec_jwk() -> dict[str, Any]:
+    numbers = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
+    jwk: dict[str, Any] = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": b64url_encode(numbers.x.to_bytes(32, "big")),
+        "y": b64url_encode(numbers.y.to_bytes(32, "big")),
+    }
+    jwk.update(kid=thumbprint(jwk), alg="ES256", use="sig")
+    return jwk
+
+
+class MiniIssuer:
+    """Signs real events with an Ed25519 announcement key into the test Redis and serves the
+    matching JWKS document (with ETag/304) as an ASGI app."""
+
+    def __init__(self, redis: aioredis.Redis, epoch: str = "epoch-1") -> None:
+        self.redis = redis
+        self.signing_key = Ed25519PrivateKey.generate()
+        self.announce_jwk = announcement_jwk(self.signing_key.public_key())
+        self.announce_keys = {self.announce_jwk["kid"]: self.signing_key.public_key()}
+        self.epoch = epoch
+        self.version = 0
+        self.keys: dict[str, dict[str, Any]] = {}
+        self.states: dict[str, str] = {}
+        self.jwks_requests = 0
+        #: When set, the JWKS lags this many versions behind (a stale cache in between).
+        self.jwks_lag = 0
+        self._doc_versions: list[dict[str, Any]] = []
+
+    def jwks(self) -> dict[str, Any]:
+        docs = self._doc_versions
+        if not docs:
+            return {"keys": [], "keyherald": {"version": 0, "epoch": self.epoch, "states": {}}}
+        return docs[max(0, len(docs) - 1 - self.jwks_lag)]
+
+    async def publish(self, type_: str, kid: str, data: dict[str, Any]) -> Event:
+        self.version += 1
+        event = Event(
+            type=type_,
+            issuer=ISSUER,
+            epoch=self.epoch,
+            version=self.version,
+            kid=kid,
+            ts=float(self.version),
+            data=data,
+        )
+        fields = sign_event(event, self.signing_key, self.announce_jwk["kid"])
+        await self.redis.xadd(event_stream(ISSUER), fields)
+        self._doc_versions.append(
+            {
+                "keys": [self.keys[k] for k in self.keys if self.states[k] != "retired"],
+                "keyherald": {
+                    "version": self.version,
+                    "epoch": self.epoch,
+                    "states": dict(self.states),
+                },
+            }
+        )
+        return event
+
+    async def add_key(self) -> Event:
+        jwk = ec_jwk()
+        self.keys[jwk["kid"]] = jwk
+        self.states[jwk["kid"]] = "pending"
+        data = {"jwk": jwk, "alg": "ES256", "activate_at": 0.0, "retire_at": None}
+        return await self.publish("key-added", jwk["kid"], data)
+
+    async def activate(self, kid: str) -> Event:
+        previous = next((k for k, s in self.states.items() if s == "active"), None)
+        if previous:
+            self.states[previous] = "retiring"
+        self.states[kid] = "active"
+        data = {"previous_kid": previous, "previous_retire_at": None}
+        return await self.publish("key-activated", kid, data)
+
+    async def app(self, scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        self.jwks_requests += 1
+        doc = self.jwks()
+        etag = f'"{doc["keyherald"]["epoch"]}.{doc["keyherald"]["version"]}"'
+        headers = dict(scope["headers"])
+        if headers.get(b"if-none-match") == etag.encode():
+            await send({"type": "http.response.start", "status": 304, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = json.dumps(doc).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"etag", etag.encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture
+async def issuer(redis: aioredis.Redis) -> MiniIssuer:
+    return MiniIssuer(redis)
+
+
+@pytest.fixture
+async def jwks_http(issuer: MiniIssuer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=issuer.app)) as client:
+        yield client
+
+
+FAST_SCHEDULE = [0.0, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05, 0.05]
+
+
+def make_policy(**overrides: Any) -> DeliveryPolicy:
+    schedule = RetrySchedule(overrides.pop("schedule", FAST_SCHEDULE), jitter=0.0)
+    defaults: dict[str, Any] = {
+        "deadline_s": 2.0,
+        "lease_s": 3.0,
+        "poll_interval_s": 0.05,
+        "collapse": False,
+    }
+    defaults.update(overrides)
+    return DeliveryPolicy(schedule, **defaults)
+
+
+POLICY_FIELDS = (
+    "schedule",
+    "deadline_s",
+    "lease_s",
+    "poll_interval_s",
+    "collapse",
+    "failure_disable_s",
+    "max_response_bytes",
+)
+
+
+def build_relay(
+    redis: aioredis.Redis,
+    issuer: MiniIssuer,
+    jwks_http: httpx.AsyncClient,
+    consumer: str = "relay-1",
+    **overrides: Any,
+) -> Relay:
+    """A relay (not started) that allows plain http to 127.0.0.1 and retries fast."""
+    policy = make_policy(**{k: overrides.pop(k) for k in list(overrides) if k in POLICY_FIELDS})
+    kwargs: dict[str, Any] = {
+        "policy": policy,
+        "egress_policy": EgressPolicy.from_strings(["127.0.0.1"]),
+        "consumer": consumer,
+        "block_ms": 50,
+        "idle_before_claim_s": 5.0,
+        "metrics": RelayMetrics(),
+    }
+    kwargs.update(overrides)
+    keys = JwksKeySource(JwksClient(jwks_http, ISSUER, jwks_url=JWKS_URL))
+    return Relay(redis, ISSUER, issuer.announce_keys, keys, **kwargs)
+
+
+@pytest.fixture
+def make_relay(
+    redis: aioredis.Redis, issuer: MiniIssuer, jwks_http: httpx.AsyncClient
+) -> Callable[..., Relay]:
+    """``make_relay(consumer=..., **overrides)``: :func:`build_relay` on the test Redis."""
+
+    def make(consumer: str = "relay-1", **overrides: Any) -> Relay:
+        return build_relay(redis, issuer, jwks_http, consumer, **overrides)
+
+    return make

@@ -1,0 +1,96 @@
+"""The admin API over ASGI, on a running relay with a real receiver."""
+
+import httpx
+
+from relay.api import create_app
+from tests.relay.servers import Receiver, Server, until
+
+TOKEN = "admin-" + "x" * 26
+
+
+def admin_client(relay) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=create_app(relay, TOKEN)),
+        base_url="http://relay.test",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+
+
+async def test_admin_calls_need_the_bearer_token(make_relay) -> None:
+    relay = make_relay()
+    transport = httpx.ASGITransport(app=create_app(relay, TOKEN))
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as anon:
+        assert (await anon.get("/admin/partners")).status_code == 401
+        wrong = {"Authorization": "Bearer nope"}
+        assert (await anon.get("/admin/partners", headers=wrong)).status_code == 401
+        assert (await anon.get("/metrics")).status_code == 200
+    transport = httpx.ASGITransport(app=create_app(relay, None))
+    async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as anon:
+        response = await anon.get("/admin/partners", headers={"Authorization": "Bearer "})
+        assert response.status_code == 401
+
+
+async def test_partner_lifecycle_through_the_api(issuer, make_relay) -> None:
+    receiver = Receiver()
+    async with Server(receiver) as server, make_relay() as relay, admin_client(relay) as api:
+        created = await api.post(
+            "/admin/partners",
+            json={"url": server.url + "/in?token=abc", "description": "billing"},
+        )
+        assert created.status_code == 201
+        body = created.json()
+        pid, secret = body["id"], body["secret"]
+        receiver.secrets.append(secret)
+        assert body["url"] == server.url + "/in"  # no query shown back
+        listed = (await api.get("/admin/partners")).json()
+        assert [p["id"] for p in listed] == [pid] and secret not in str(listed)
+
+        await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 1)
+
+        async def attempt_listed():
+            return (await api.get(f"/admin/partners/{pid}/attempts")).json()
+
+        await until(attempt_listed)
+        (attempt,) = await attempt_listed()
+        assert attempt["status"] == "200" and attempt["outcome"] == "delivered"
+        assert float(attempt["latency_ms"]) > 0 and attempt["version"] == "1"
+
+        rotated = (await api.post(f"/admin/partners/{pid}/rotate-secret")).json()
+        assert rotated["secret"] != secret and len(rotated["secrets"]) == 2
+        receiver.secrets.append(rotated["secret"])
+
+        disabled = (await api.post(f"/admin/partners/{pid}/disable")).json()
+        assert disabled["enabled"] is False and disabled["disabled_reason"] == "manual"
+        await issuer.add_key()  # not queued for a disabled partner
+        assert (await api.post(f"/admin/partners/{pid}/enable")).json()["enabled"] is True
+
+        replay = await api.post(f"/admin/partners/{pid}/replay", json={"from_version": 1})
+        assert replay.status_code == 202 and replay.json()["queued"] == 2
+        await until(lambda: len(receiver.accepted) == 3)
+        # Both secrets sign during the overlap.
+        assert receiver.got[-1].verified_by == [0, 1]
+        assert (await api.get(f"/admin/partners/{pid}")).json()["queued"] == 0
+
+        assert (await api.delete(f"/admin/partners/{pid}")).status_code == 204
+        assert (await api.get(f"/admin/partners/{pid}")).status_code == 404
+        assert (
+            await api.post(f"/admin/partners/{pid}/replay", json={"from_version": 1})
+        ).status_code == 404
+
+        metrics = (await api.get("/metrics")).text
+    assert [d.version for d in receiver.got] == [1, 1, 2]
+    assert 'keyherald_relay_deliveries_total{outcome="delivered",partner="' in metrics
+
+
+async def test_bad_registrations_are_refused(make_relay) -> None:
+    relay = make_relay()
+    async with admin_client(relay) as api:
+        for body in (
+            {"url": "ftp://hooks.example/"},
+            {"url": "https://hooks.example/", "event_types": ["nope"]},
+            {"event_types": ["key-added"]},
+        ):
+            assert (await api.post("/admin/partners", json=body)).status_code == 422
+        response = await api.post("/admin/partners/ptr_x/replay", json={"from_version": 0})
+        assert response.status_code == 422

@@ -1,0 +1,228 @@
+"""End to end: real Redis, a relay, real HTTP receivers on 127.0.0.1 verifying each delivery
+with the ``standardwebhooks`` library."""
+
+import time
+
+from tests.relay.servers import Receiver, Reply, Server, until
+
+
+async def register(relay, receiver: Receiver, url: str, types=None):
+    partner, secret = await relay.partners.register(url, types)
+    receiver.secrets.append(secret)
+    return partner
+
+
+async def test_every_event_reaches_every_subscribed_partner_in_version_order(
+    issuer, make_relay
+) -> None:
+    a, b, c = Receiver(), Receiver(), Receiver()
+    async with Server(a) as sa, Server(b) as sb, Server(c) as sc, make_relay() as relay:
+        await register(relay, a, sa.url + "/hooks")
+        await register(relay, b, sb.url)
+        await register(relay, c, sc.url, ["key-activated"])
+        first = await issuer.add_key()
+        await issuer.activate(first.kid)
+        for _ in range(3):
+            added = await issuer.add_key()
+            await issuer.activate(added.kid)
+        await until(lambda: len(a.accepted) == 8 and len(b.accepted) == 8 and len(c.got) == 4)
+
+    for receiver in (a, b):
+        assert [d.version for d in receiver.got] == list(range(1, 9))
+        assert all(d.verified_by == [0] for d in receiver.got)
+        assert len({d.webhook_id for d in receiver.got}) == 8
+    assert [d.version for d in c.got] == [2, 4, 6, 8]
+    assert {d.json["type"] for d in c.got} == {"keyherald.key-activated"}
+    last = a.got[-1].json["data"]
+    # The full current key set rides along with every event.
+    assert last["version"] == 8 and last["jwks"]["keyherald"]["version"] == 8
+    assert {k["kid"] for k in last["jwks"]["keys"]} == set(issuer.keys)
+    assert last["jws"].count(".") == 2
+
+
+async def test_receiver_failing_five_times_gets_everything_in_order_same_id(
+    issuer, make_relay
+) -> None:
+    receiver = Receiver()
+    receiver.script = [Reply(500)] * 3 + [Reply(502), Reply(404)]
+    async with Server(receiver) as server, make_relay() as relay:
+        partner = await register(relay, receiver, server.url)
+        for _ in range(3):
+            await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 3)
+
+        async def recorded():
+            return len(await relay.deliverer.store.attempts(partner.id)) == 8
+
+        await until(recorded)
+        attempts = await relay.deliverer.store.attempts(partner.id)
+
+    assert [d.version for d in receiver.got] == [1] * 6 + [2, 3]
+    assert len({d.webhook_id for d in receiver.got[:6]}) == 1
+    assert all(d.verified_by == [0] for d in receiver.got)
+    assert [d.version for d in receiver.accepted] == [1, 2, 3]
+    oldest_first = attempts[::-1]
+    assert [a["status"] for a in oldest_first] == ["500", "500", "500", "502", "404", "200"] + [
+        "200"
+    ] * 2
+    assert [a["attempt"] for a in oldest_first[:6]] == ["1", "2", "3", "4", "5", "6"]
+    assert oldest_first[0]["outcome"] == "retry" and oldest_first[5]["outcome"] == "delivered"
+    assert all(float(a["latency_ms"]) >= 0 for a in attempts)
+
+
+async def test_retry_after_on_503_is_honoured(issuer, make_relay) -> None:
+    receiver = Receiver()
+    receiver.script = [Reply(503, headers={"retry-after": "1"})]
+    async with Server(receiver) as server, make_relay() as relay:
+        await register(relay, receiver, server.url)
+        await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 1)
+    gap = receiver.got[1].at - receiver.got[0].at
+    assert 0.95 <= gap < 2.0, gap
+
+
+async def test_gone_disables_the_partner(issuer, make_relay) -> None:
+    receiver = Receiver()
+    receiver.script = [Reply(410)]
+    async with Server(receiver) as server, make_relay() as relay:
+        partner = await register(relay, receiver, server.url)
+        await issuer.add_key()
+        await until(lambda: len(receiver.got) == 1)
+
+        async def disabled():
+            return not (await relay.partners.get(partner.id)).enabled
+
+        await until(disabled)
+        assert (await relay.partners.get(partner.id)).disabled_reason == "gone"
+        await issuer.add_key()
+        # Nothing is sent to a gone endpoint until an operator enables it again.
+        assert await relay.deliverer.store.depth(partner.id) == 1
+        await relay.deliverer.enable(partner.id)
+        await until(lambda: len(receiver.accepted) == 1)
+    assert [d.version for d in receiver.got] == [1, 1]
+
+
+async def test_exhausted_delivery_is_dead_lettered_and_the_next_goes(
+    issuer, make_relay, redis
+) -> None:
+    receiver = Receiver()
+    receiver.script = [Reply(500), Reply(500)]
+    async with Server(receiver) as server, make_relay(schedule=[0, 0.02]) as relay:
+        partner = await register(relay, receiver, server.url)
+        await issuer.add_key()
+        await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 1)
+        dead = await redis.xrange(relay.deliverer.store.dead_key)
+    assert [d.version for d in receiver.got] == [1, 1, 2]
+    assert len(dead) == 1
+    fields = {k.decode(): v.decode() for k, v in dead[0][1].items()}
+    assert fields["kind"] == "delivery" and fields["partner"] == partner.id
+    assert fields["version"] == "1" and fields["attempts"] == "2"
+    assert relay.metrics.dead_letters.labels("delivery", "status")._value.get() == 1
+
+
+async def test_continuously_failing_partner_is_disabled(issuer, make_relay) -> None:
+    receiver = Receiver()
+    receiver.script = [Reply(500)] * 100
+    async with (
+        Server(receiver) as server,
+        make_relay(schedule=[0] + [0.05] * 50, failure_disable_s=0.3) as relay,
+    ):
+        partner = await register(relay, receiver, server.url)
+        started = time.monotonic()
+        await issuer.add_key()
+
+        async def disabled():
+            return not (await relay.partners.get(partner.id)).enabled
+
+        await until(disabled)
+        elapsed = time.monotonic() - started
+        record = await relay.partners.get(partner.id)
+        sent = len(receiver.got)
+        await issuer.add_key()
+        await issuer.add_key()
+    assert record.disabled_reason == "failing"
+    assert 0.3 <= elapsed < 2.0
+    assert len(receiver.got) == sent
+
+
+async def test_newer_full_state_collapses_superseded_items(issuer, make_relay) -> None:
+    receiver = Receiver()
+    receiver.script = [Reply(500)]
+    relay = make_relay(collapse=True)
+    async with Server(receiver) as server:
+        partner = await register(relay, receiver, server.url)
+        for _ in range(3):
+            await issuer.add_key()
+        async with relay:
+            await until(lambda: len(receiver.accepted) == 1)
+
+            async def drained():
+                return await relay.deliverer.store.depth(partner.id) == 0
+
+            # The receiver saw the request before the relay saw the answer: wait for it.
+            await until(drained)
+            await issuer.add_key()
+            await until(lambda: len(receiver.accepted) == 2)
+    # v1 was retried; by then the key set was at v3, so v2 and v3 had nothing new to say.
+    first = receiver.accepted[0].json["data"]
+    assert first["event"]["version"] == 1 and first["version"] == 3
+    assert relay.metrics.deliveries.labels(partner.id, "collapsed")._value.get() == 2
+    assert [d.version for d in receiver.got] == [1, 1, 4]
+
+
+async def test_replay_resends_from_a_version_with_new_ids(issuer, make_relay) -> None:
+    receiver = Receiver()
+    async with Server(receiver) as server, make_relay() as relay:
+        partner = await register(relay, receiver, server.url)
+        for _ in range(3):
+            await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 3)
+        from relay.consumer import read_history
+
+        history = await read_history(relay.redis, relay.issuer, relay.announce_keys, 2)
+        assert await relay.deliverer.replay(partner.id, history) == 2
+        await until(lambda: len(receiver.accepted) == 5)
+    assert [d.version for d in receiver.got] == [1, 2, 3, 2, 3]
+    assert len({d.webhook_id for d in receiver.got}) == 5
+
+
+async def test_stale_jwks_is_retried_not_sent(issuer, make_relay) -> None:
+    receiver = Receiver()
+    issuer.jwks_lag = 1
+    async with Server(receiver) as server, make_relay() as relay:
+        partner = await register(relay, receiver, server.url)
+        await issuer.add_key()
+        await issuer.add_key()
+
+        async def stale_seen():
+            return any(
+                a["error"] == "stale_keys" for a in await relay.deliverer.store.attempts(partner.id)
+            )
+
+        await until(stale_seen)
+        # v1 went with the lagging v1 document; v2 cannot go with a v1 document.
+        issuer.jwks_lag = 0
+        await until(lambda: len(receiver.accepted) == 2)
+    assert [d.json["data"]["version"] for d in receiver.got] == [1, 2]
+
+
+async def test_secret_rotation_overlap_signs_with_both_then_only_the_new(
+    issuer, make_relay
+) -> None:
+    receiver = Receiver()
+    async with Server(receiver) as server, make_relay(secret_overlap_s=0.6) as relay:
+        partner = await register(relay, receiver, server.url)
+        await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 1)
+        _, new = await relay.partners.rotate_secret(partner.id)
+        receiver.secrets.append(new)
+        rotated_at = time.monotonic()
+        await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 2)
+        assert time.monotonic() - rotated_at < 0.6
+        await until(lambda: time.monotonic() - rotated_at > 0.7, timeout=2)
+        await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 3)
+    # old only; old and new during the overlap; new only after it.
+    assert [d.verified_by for d in receiver.got] == [[0], [0, 1], [1]]
