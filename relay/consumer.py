@@ -122,6 +122,8 @@ class StreamConsumer:
                 if _cancelling():
                     raise asyncio.CancelledError from e
                 logger.warning("stream read failed, retrying: %s", type(e).__name__)
+                # Entries read before the failure may not have been queued: look again.
+                self._retry_own = True
                 await asyncio.sleep(self._retry_interval_s)
 
     async def poll(self) -> int:

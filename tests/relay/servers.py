@@ -31,7 +31,9 @@ async def until(condition: Callable[[], Any], timeout: float = 5.0, interval: fl
 class Server:
     """``async with Server(app) as s:`` serves ``app`` on ``s.url`` until the block ends."""
 
-    def __init__(self, app: Any, host: str = "127.0.0.1", port: int | None = None) -> None:
+    def __init__(
+        self, app: Any, host: str = "127.0.0.1", port: int | None = None, **config: Any
+    ) -> None:
         self.host = host
         self.port = port or free_port()
         config = uvicorn.Config(
@@ -42,6 +44,7 @@ class Server:
             lifespan="off",
             interface="asgi3",
             timeout_graceful_shutdown=1,
+            **config,
         )
         self._server = uvicorn.Server(config)
         self._task: asyncio.Task[None] | None = None

@@ -226,3 +226,24 @@ async def test_secret_rotation_overlap_signs_with_both_then_only_the_new(
         await until(lambda: len(receiver.accepted) == 3)
     # old only; old and new during the overlap; new only after it.
     assert [d.verified_by for d in receiver.got] == [[0], [0, 1], [1]]
+
+
+async def test_metrics_show_a_blocked_queue_and_its_recovery(issuer, make_relay) -> None:
+    receiver = Receiver()
+    receiver.script = [Reply(500)] * 3
+    async with Server(receiver) as server, make_relay(schedule=[0, 0.3, 0.3, 0.3]) as relay:
+        partner = await register(relay, receiver, server.url)
+        m = relay.metrics
+        await issuer.add_key()
+        await issuer.add_key()
+        await until(lambda: len(receiver.got) >= 2)
+        # MiniIssuer stamps events at ts = version, so the oldest is decades old here.
+        await until(lambda: m.queue_depth.labels(partner.id)._value.get() == 2)
+        assert m.oldest_age.labels(partner.id)._value.get() > 1e9
+        await until(lambda: len(receiver.accepted) == 2)
+        await until(lambda: m.queue_depth.labels(partner.id)._value.get() == 0)
+        assert m.oldest_age.labels(partner.id)._value.get() == 0
+    assert m.attempts.labels(partner.id, "5xx")._value.get() == 3
+    assert m.attempts.labels(partner.id, "2xx")._value.get() == 2
+    assert m.deliveries.labels(partner.id, "retry")._value.get() == 3
+    assert m.deliveries.labels(partner.id, "delivered")._value.get() == 2
