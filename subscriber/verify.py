@@ -319,7 +319,7 @@ def check_claims(claims: Mapping[str, Any], options: VerifyOptions, now: float) 
     exp = claims.get("exp")
     if type(exp) is not int and (type(exp) is not float or not isfinite(exp)):
         raise _bad_number(claims, "exp")
-    if now >= exp + leeway:
+    if now - leeway >= exp:  # not exp + leeway: an int exp of 400 digits overflows a float
         raise InvalidClaims("token has expired", reason="expired")
     if "nbf" in claims:
         nbf = claims["nbf"]

@@ -463,6 +463,15 @@ def test_infinite_exp_is_not_a_token_that_never_expires(es: Signer) -> None:
     assert err.reason == "invalid_claim"
 
 
+def test_huge_integer_times_do_not_crash(es: Signer) -> None:
+    keys = keys_of(es)
+    assert verify_token(es.token(exp=10**400), keys, OPTIONS, NOW)["exp"] == 10**400
+    assert refused(es.token(exp=-(10**400)), keys).reason == "expired"
+    assert refused(es.token(nbf=10**400), keys).reason == "not_yet_valid"
+    assert refused(es.token(iat=10**400), keys).reason == "issued_in_future"
+    assert verify_token(es.token(nbf=-(10**400), iat=-(10**400)), keys, OPTIONS, NOW)
+
+
 def test_time_claims_honour_the_leeway(es: Signer) -> None:
     leeway = OPTIONS.leeway_s
     exp = int(NOW) + 300

@@ -14,21 +14,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from subscriber.errors import TOKEN_REASONS, InvalidToken, MalformedToken
+from subscriber.errors import TOKEN_REASONS, InvalidClaims, InvalidToken, MalformedToken
 from subscriber.jws import (
     b64url_decode_ascii,
     b64url_decode_pair,
     b64url_encode,
     strict_json_object,
 )
-from subscriber.verify import verify_token
+from subscriber.verify import check_claims, verify_token
 from tests.subscriber.test_verify import NOW, OPTIONS, Signer
 
 ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 PROPERTY = settings(
     derandomize=True,
     deadline=None,
-    max_examples=300,
+    max_examples=200,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
@@ -173,3 +173,22 @@ def test_duplicate_names_are_found_at_any_depth() -> None:
     for text in ('{"a":1,"a":1}', '{"a":{"b":1,"b":2}}', '{"a":[{"c":1,"c":1}]}'):
         with pytest.raises(MalformedToken):
             strict_json_object(text.encode())
+
+
+_CLAIM_VALUES = _JSON_VALUES | st.integers() | st.sampled_from([10**400, -(10**400), 1e308, -0.0])
+
+
+@PROPERTY
+@given(
+    claims=st.dictionaries(
+        st.sampled_from(["iss", "aud", "exp", "nbf", "iat", "sub"]), _CLAIM_VALUES, max_size=6
+    ),
+    now=st.floats(min_value=0, max_value=4e9),
+)
+def test_check_claims_refuses_with_a_reason_or_accepts(claims: dict[str, Any], now: float) -> None:
+    try:
+        check_claims(claims, OPTIONS, now)
+    except InvalidClaims as e:
+        assert e.reason in TOKEN_REASONS
+    else:
+        assert claims["iss"] == OPTIONS.issuer and "exp" in claims
