@@ -22,6 +22,7 @@ from subscriber.errors import FetchError, InvalidKey
 from subscriber.events import load_announcement_keys
 from subscriber.jwks_client import JwksClient
 
+from . import constants
 from .api import create_app
 from .delivery import DeliveryPolicy
 from .egress import EgressPolicy
@@ -34,15 +35,18 @@ from .settings import RelaySettings
 logger = logging.getLogger(__name__)
 
 HELP = "deliver key-rotation events to partner webhooks: signed, ordered, retried, never lost"
-#: How long start-up waits for the issuer's metadata (announcement keys) to answer.
-metadata_wait_s = 60.0
 
 
 def settings_help() -> str:
     """One line per setting: environment variable, default and meaning."""
     lines = ["settings (environment variables; durations in seconds):"]
     for name, field in RelaySettings.model_fields.items():
-        default = "required" if field.is_required() else "has a default"
+        if field.is_required():
+            default = "required"
+        elif field.default_factory is not None and name != "consumer":
+            default = f"default {field.default_factory()!r}"  # type: ignore[call-arg]
+        else:
+            default = "default <host>-<pid>" if name == "consumer" else f"default {field.default!r}"
         lines.append(f"  KEYHERALD_RELAY_{name.upper()}")
         lines.append(textwrap.indent(f"{field.description or name} ({default})", "      "))
     return "\n".join(lines)
@@ -101,7 +105,7 @@ async def _announcement_jwks(
 ) -> list[Mapping[str, Any]]:
     if settings.announcement_keys:
         return [dict(k) for k in settings.announcement_keys]
-    deadline = time.monotonic() + metadata_wait_s
+    deadline = time.monotonic() + constants.metadata_wait_s
     while True:
         try:
             return (await client.fetch_metadata()).announcement_keys

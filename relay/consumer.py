@@ -28,6 +28,7 @@ from subscriber.errors import EventError
 from subscriber.events import Event, parse_event
 from subscriber.redis_keys import event_stream
 
+from . import constants
 from .metrics import RelayMetrics
 from .queue import DeliveryStore, text
 
@@ -37,8 +38,6 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Event, str, str, str], Awaitable[object]]
 #: One stream entry as redis-py returns it.
 Entry = tuple[bytes, Mapping[bytes, bytes]]
-
-_BATCH = 100
 
 
 def _cancelling() -> bool:
@@ -64,10 +63,10 @@ class StreamConsumer:
         *,
         group: str,
         consumer: str,
-        block_ms: int = 2_000,
-        idle_before_claim_s: float = 60.0,
-        max_attempts: int = 5,
-        retry_interval_s: float = 1.0,
+        block_ms: int = constants.block_ms,
+        idle_before_claim_s: float = constants.idle_before_claim_s,
+        max_attempts: int = constants.max_entry_attempts,
+        retry_interval_s: float = constants.poll_interval_s,
         metrics: RelayMetrics | None = None,
     ) -> None:
         if max_attempts < 1:
@@ -137,7 +136,11 @@ class StreamConsumer:
             handled += await self.drain_own_pending()
         handled += await self.claim_idle()
         reply = await self._redis.xreadgroup(
-            self.group, self.consumer, {self.stream: ">"}, count=_BATCH, block=self._block_ms
+            self.group,
+            self.consumer,
+            {self.stream: ">"},
+            count=constants.batch_size,
+            block=self._block_ms,
         )
         # RESP2 answers [[stream, entries]], RESP3 {stream: entries}.
         streams = reply.items() if isinstance(reply, dict) else (reply or [])
@@ -150,7 +153,7 @@ class StreamConsumer:
     async def drain_own_pending(self) -> int:
         """Handle the entries this consumer read but never acknowledged (a crash, a failure)."""
         rows = await self._redis.xpending_range(
-            self.stream, self.group, "-", "+", _BATCH, consumername=self.consumer
+            self.stream, self.group, "-", "+", constants.batch_size, consumername=self.consumer
         )
         if not rows:
             return 0
@@ -166,7 +169,7 @@ class StreamConsumer:
     async def claim_idle(self) -> int:
         """``XAUTOCLAIM`` entries other consumers left idle past the claim threshold."""
         reply = await self._redis.xautoclaim(
-            self.stream, self.group, self.consumer, self._idle_ms, "0-0", count=_BATCH
+            self.stream, self.group, self.consumer, self._idle_ms, "0-0", count=constants.batch_size
         )
         entries = cast(list[Entry], reply[1])
         deleted = [text(i) for i in (reply[2] if len(reply) > 2 else [])]
@@ -177,7 +180,9 @@ class StreamConsumer:
             return 0
         logger.info("claimed idle entries count=%s", len(entries))
         ids = [text(entry_id) for entry_id, _ in entries]
-        rows = await self._redis.xpending_range(self.stream, self.group, ids[0], ids[-1], _BATCH)
+        rows = await self._redis.xpending_range(
+            self.stream, self.group, ids[0], ids[-1], constants.batch_size
+        )
         counts = {text(row["message_id"]): int(row["times_delivered"]) for row in rows}
         await self._handle_all(entries, counts)
         return len(entries)

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from subscriber.clock import Clock, system_clock
 from subscriber.events import Event
 
-from . import egress
+from . import constants, egress
 from .egress import EgressPolicy, Resolver, system_resolver
 from .errors import ConfigError, DeliveryFailed, EgressRefused, PartnerNotFound
 from .keysource import KeySource, current_for, payload
@@ -62,11 +62,11 @@ class DeliveryPolicy:
     """
 
     schedule: RetrySchedule
-    deadline_s: float = 15.0
-    lease_s: float = 30.0
-    max_response_bytes: int = 64 * 1024
-    failure_disable_s: float = 5 * 86_400.0
-    poll_interval_s: float = 1.0
+    deadline_s: float = constants.delivery_timeout_s
+    lease_s: float = constants.partner_lease_s
+    max_response_bytes: int = constants.response_max_bytes
+    failure_disable_s: float = constants.failure_disable_s
+    poll_interval_s: float = constants.poll_interval_s
     collapse: bool = True
 
     def __post_init__(self) -> None:

@@ -25,6 +25,8 @@ import redis.asyncio as aioredis
 from subscriber.events import Event
 from subscriber.redis_keys import event_stream, relay_key
 
+from . import constants
+
 logger = logging.getLogger(__name__)
 
 
@@ -32,10 +34,6 @@ def text(value: object) -> str:
     """A Redis reply value as text (replies are bytes unless ``decode_responses=True``)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
-
-#: Attempt history kept per partner, and dead letters kept in all (approximate, MAXLEN ~).
-ATTEMPTS_KEPT = 1_000
-DEAD_LETTERS_KEPT = 10_000
 
 # Fan-out of one verified stream entry, and its XACK, in one step: either every partner queue
 # has the event or the entry stays pending and is retried. An item at or below a partner's
@@ -250,7 +248,7 @@ class DeliveryStore:
         await self._redis.xadd(
             self.attempts_key(partner_id),
             dict(record),  # type: ignore[arg-type]
-            maxlen=ATTEMPTS_KEPT,
+            maxlen=constants.attempts_kept,
             approximate=True,
         )
 
@@ -266,7 +264,7 @@ class DeliveryStore:
         await self._redis.xadd(
             self.dead_key,
             dict(record),  # type: ignore[arg-type]
-            maxlen=DEAD_LETTERS_KEPT,
+            maxlen=constants.dead_letters_kept,
             approximate=True,
         )
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from tenacity import AsyncRetrying, RetryCallState
 from tenacity.wait import wait_base, wait_chain, wait_fixed, wait_random
 
+from . import constants
 from .errors import ConfigError
 
 
@@ -27,8 +28,8 @@ class RetrySchedule:
     """
 
     delays_s: Sequence[float]
-    jitter: float = 0.1
-    max_retry_after_s: float = 36_000.0
+    jitter: float = constants.retry_jitter
+    max_retry_after_s: float = constants.max_retry_after_s
     _wait: wait_base = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

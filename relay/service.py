@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from subscriber.clock import Clock, system_clock
 
+from . import constants
 from .consumer import StreamConsumer
 from .delivery import Deliverer, DeliveryPolicy
 from .egress import EgressPolicy, Resolver, new_client, system_resolver
@@ -29,6 +30,12 @@ from .metrics import RelayMetrics
 from .partners import PartnerStore
 
 logger = logging.getLogger(__name__)
+
+
+def _report_crash(task: "asyncio.Task[None]") -> None:
+    # A loop that dies stops the relay's work silently; say so at once, not at shutdown.
+    if not task.cancelled() and task.exception() is not None:
+        logger.error("relay task %s stopped", task.get_name(), exc_info=task.exception())
 
 
 class Relay:
@@ -54,10 +61,10 @@ class Relay:
         egress_policy: EgressPolicy,
         consumer: str,
         group: str = "relay",
-        secret_overlap_s: float = 86_400.0,
-        block_ms: int = 2_000,
-        idle_before_claim_s: float = 60.0,
-        max_attempts: int = 5,
+        secret_overlap_s: float = constants.secret_overlap_s,
+        block_ms: int = constants.block_ms,
+        idle_before_claim_s: float = constants.idle_before_claim_s,
+        max_attempts: int = constants.max_entry_attempts,
         http: httpx.AsyncClient | None = None,
         metrics: RelayMetrics | None = None,
         clock: Clock = system_clock,
@@ -112,6 +119,8 @@ class Relay:
             asyncio.create_task(self.consumer.run(), name="relay-consumer"),
             asyncio.create_task(self.deliverer.run(), name="relay-dispatcher"),
         ]
+        for task in self._tasks:
+            task.add_done_callback(_report_crash)
         logger.info("relay started consumer=%s", self.consumer.consumer)
 
     async def aclose(self) -> None:

@@ -11,8 +11,9 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-#: Standard Webhooks' schedule: immediately, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h.
-DEFAULT_RETRY_SCHEDULE_S = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+from . import constants
+
+DEFAULT_RETRY_SCHEDULE_S = constants.retry_schedule_s
 
 
 def default_consumer_name() -> str:
@@ -26,31 +27,67 @@ class RelaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYHERALD_RELAY_", extra="ignore")
 
     issuer: str = Field(description="issuer URL (iss); selects the stream and JWKS")
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the issuer's Redis")
     jwks_url: str | None = Field(None, description="default: <issuer>/.well-known/jwks.json")
-    #: Pinned announcement JWKs (JSON list); empty means read them from the issuer metadata.
-    announcement_keys: list[dict[str, Any]] = Field(default_factory=list)
+    announcement_keys: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="pinned announcement JWKs (JSON list); empty: from the issuer metadata",
+    )
     admin_token: SecretStr = Field(description="bearer token of the admin API")
-    host: str = "127.0.0.1"
-    port: int = 8090
+    host: str = Field("127.0.0.1", description="admin API bind address")
+    port: int = Field(8090, description="admin API port")
 
-    group: str = "relay"
-    consumer: str = Field(default_factory=default_consumer_name)
-    block_ms: int = 2_000
-    poll_interval_s: float = 1.0
+    group: str = Field("relay", description="consumer group on the event stream")
+    consumer: str = Field(
+        default_factory=default_consumer_name,
+        description="this replica's consumer name; keep it stable across restarts",
+    )
+    block_ms: int = Field(constants.block_ms, description="XREADGROUP BLOCK, milliseconds")
+    poll_interval_s: float = Field(
+        constants.poll_interval_s, description="how often to look for peers' queued work"
+    )
 
-    retry_schedule_s: list[float] = Field(default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S))
-    retry_jitter: float = Field(0.1, description="up to this fraction of each delay is added")
-    max_retry_after_s: float = 36_000.0
-    delivery_timeout_s: float = 15.0
-    idle_before_claim_s: float = 60.0
-    partner_lease_s: float = 30.0
-    max_attempts: int = Field(5, description="stream-entry attempts before it is dead-lettered")
-    failure_disable_s: float = 5 * 86_400.0
-    secret_overlap_s: float = 86_400.0
-    response_max_bytes: int = 64 * 1024
-    collapse: bool = True
-    egress_allow: list[str] = Field(default_factory=list)
+    retry_schedule_s: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_SCHEDULE_S),
+        description="wait before each attempt (JSON list); its length bounds the attempts",
+    )
+    retry_jitter: float = Field(
+        constants.retry_jitter, description="up to this fraction of each wait is added"
+    )
+    max_retry_after_s: float = Field(
+        constants.max_retry_after_s, description="cap on a partner's Retry-After"
+    )
+    delivery_timeout_s: float = Field(
+        constants.delivery_timeout_s, description="total deadline of one attempt"
+    )
+    idle_before_claim_s: float = Field(
+        constants.idle_before_claim_s,
+        description="take over a peer's stream entries idle this long (> delivery timeout)",
+    )
+    partner_lease_s: float = Field(
+        constants.partner_lease_s,
+        description="one replica's hold on a partner's queue (> delivery timeout)",
+    )
+    max_attempts: int = Field(
+        constants.max_entry_attempts, description="hand-outs of a stream entry before dead-letter"
+    )
+    failure_disable_s: float = Field(
+        constants.failure_disable_s,
+        description="disable a partner failing without one success for this long",
+    )
+    secret_overlap_s: float = Field(
+        constants.secret_overlap_s, description="a replaced secret keeps signing this long"
+    )
+    response_max_bytes: int = Field(
+        constants.response_max_bytes, description="bytes of a partner's answer read at most"
+    )
+    collapse: bool = Field(
+        True, description="drop queued items a delivered full key set already covers"
+    )
+    egress_allow: list[str] = Field(
+        default_factory=list,
+        description="networks exempt from egress checks, plain http allowed (JSON list)",
+    )
 
     @field_validator("retry_schedule_s")
     @classmethod
