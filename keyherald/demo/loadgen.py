@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 expiry_margin_s = 1.5
 mint_interval_s = 0.5
 request_timeout_s = 5.0
+api_wait_interval_s = 0.2
 _DESCRIPTION = re.compile(r'error_description="([^"]*)"')
 
 
@@ -157,7 +158,18 @@ class LoadGenerator:
         self.pool = [t for t in self.pool if t.exp > horizon]
         return self._rng.choice(self.pool) if self.pool else None
 
+    async def wait_for_apis(self, client: httpx.AsyncClient) -> None:
+        """Wait until every verifying service answers ``/healthz``, so that services still
+        starting up are not counted as failures."""
+        for api in self.settings.api_urls:
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(f"{api}/healthz")).is_success:
+                        break
+                await asyncio.sleep(api_wait_interval_s)
+
     async def _call_loop(self, client: httpx.AsyncClient) -> None:
+        await self.wait_for_apis(client)
         interval = 1.0 / self.settings.demo_requests_per_s
         apis = self.settings.api_urls
         while True:

@@ -219,13 +219,3 @@ def redis_ready(url: str) -> Callable[[], bool]:
             client.close()
 
     return check
-
-
-def install_stop_signals(on_stop: Callable[[], None]) -> None:
-    """Turn SIGTERM and SIGHUP into ``on_stop()`` (SIGINT already raises KeyboardInterrupt)."""
-
-    def handler(signum: int, frame: object) -> None:
-        on_stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGHUP, handler)

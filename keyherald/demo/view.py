@@ -181,10 +181,17 @@ class LiveView:
         )
 
     def _header(self, state: DemoState) -> Text:
-        elapsed = time.time() - state.started_at
+        now = time.time()
+        upcoming = next((t for t in state.plan if float(t.get("at", 0)) >= now), None)
+        plan = (
+            f" · next: {upcoming.get('action')} in {float(upcoming['at']) - now:.0f}s"
+            if upcoming
+            else ""
+        )
         return Text(
             f"keyherald demo · {state.phase} · rotations {state.rotations}/"
-            f"{state.rotations_wanted} · key-set version {state.version} · {elapsed:.0f}s",
+            f"{state.rotations_wanted} · key-set version {state.version}{plan} · "
+            f"{now - state.started_at:.0f}s",
             style="bold",
         )
 

@@ -1,0 +1,127 @@
+"""``keyherald demo`` end to end: a short run on an embedded Redis, and a clean Ctrl-C/SIGTERM."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.demo.test_procs import alive, wait_gone
+
+
+def demo_env() -> dict[str, str]:
+    # As on a fresh machine: no Redis configured, so the demo starts its own.
+    return {k: v for k, v in os.environ.items() if not k.startswith("KEYHERALD_")}
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children in other sessions included)."""
+    parents: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_short_demo_run_rotates_with_no_valid_token_rejected() -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "keyherald.cli", "demo", "--fast", "--rotations", "2"],
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    elapsed = time.monotonic() - started
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr[-3000:]
+    assert "summary: OK" in out
+    assert re.search(r"rotations done:\s+2 \(wanted 2\)", out)
+    assert re.search(r"valid tokens rejected:\s+0$", out, re.M)
+    verified = int(re.search(r"tokens verified:\s+(\d+)", out).group(1))
+    assert verified > 50
+    assert re.search(r"revocation reached 2 verifiers within", out)
+    delivered = int(re.search(r"events delivered to partner:\s+(\d+)", out).group(1))
+    assert delivered > 0
+    assert "out of order: 0, bad signatures: 0" in out
+    assert elapsed < 90
+
+
+def check_status_and_verify(env_file: Path) -> None:
+    """``keyherald status`` and ``keyherald verify`` work against the running demo."""
+    assert env_file.stat().st_mode & 0o077 == 0, "the env file holds the admin token"
+    env = demo_env()
+    for line in env_file.read_text().splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        env[name] = value
+    minted = httpx.post(
+        env["KEYHERALD_ISSUER"] + "/admin/tokens",
+        json={"sub": "me", "aud": "orders-api", "ttl_s": 4},
+        headers={"Authorization": f"Bearer {env['KEYHERALD_ADMIN_TOKEN']}"},
+    ).json()
+
+    def cli(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "keyherald.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    status = cli("status")
+    assert "verifiers (2 live)" in status
+    assert "api-a" in status and "api-b" in status and "plan" in status
+    assert "result      VALID" in cli("verify", minted["token"], "--audience", "orders-api")
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stop_signal_stops_every_process(sig: signal.Signals) -> None:
+    with subprocess.Popen(
+        # The default profile: the revocation comes after the first rotation (20 s), so the
+        # token minted by check_status_and_verify stays valid.
+        [sys.executable, "-m", "keyherald.cli", "demo", "--rotations", "50"],
+        env=demo_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = ""
+            for line in proc.stdout:
+                if "all services ready" in line:
+                    break
+            assert "all services ready" in line
+            if sig == signal.SIGTERM:
+                env_file = Path(re.search(r"\. (\S+);", line).group(1))
+                check_status_and_verify(env_file)
+            children = descendants(proc.pid)
+            # redis (+ its server), issuer, relay, two apis, partner, loadgen
+            assert len(children) >= 8, children
+            proc.send_signal(sig)
+            assert proc.wait(30) == 130
+            assert all(wait_gone(pid) for pid in children), [p for p in children if alive(p)]
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
