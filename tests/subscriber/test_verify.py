@@ -596,6 +596,46 @@ def test_header_cache_holds_only_valid_headers_and_is_bounded(es: Signer) -> Non
     assert huge.encode() not in verify_module._header_cache
 
 
+def test_header_cache_is_safe_across_threads_while_a_flood_clears_it(
+    signers: dict[str, Signer],
+) -> None:
+    import threading
+
+    keys = keys_of(*signers.values())
+    tokens = [s.token() for s in signers.values()]
+    failures: list[BaseException] = []
+    flooded = [0]
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            header = _b64json({"alg": "EdDSA", "kid": f"flood-{flooded[0]}"})
+            with pytest.raises(InvalidToken):
+                verify_token(f"{header}.e30.AA", keys, OPTIONS, NOW)
+            flooded[0] += 1
+
+    def verify_all() -> None:
+        try:
+            # Keep verifying until the flood has cleared the cache several times over.
+            while flooded[0] < 4 * verify_module._HEADER_CACHE_MAX:
+                for token in tokens:
+                    assert verify_token(token, keys, OPTIONS, NOW)["sub"] == "user-1"
+        except BaseException as e:  # reported below, with the thread's failure
+            failures.append(e)
+
+    flooder = threading.Thread(target=flood)
+    flooder.start()
+    workers = [threading.Thread(target=verify_all) for _ in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=30)
+    stop.set()
+    flooder.join()
+    assert failures == []
+    assert len(verify_module._header_cache) <= verify_module._HEADER_CACHE_MAX
+
+
 # --- options --------------------------------------------------------------------------------------
 
 
