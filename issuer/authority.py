@@ -90,7 +90,7 @@ class Authority:
         self.clock = clock
         self.store = KeyStore(redis, issuer)
         self._jwks: JwksDocument | None = None
-        self._signing: keygen.KeyPair | None = None
+        self._signing: tuple[tuple[str | None, int], keygen.KeyPair] | None = None
         self._announce: tuple[str, str, Ed25519PrivateKey] | None = None  # epoch, kid, key
 
     # -- reads -----------------------------------------------------------------------------
@@ -143,13 +143,19 @@ class Authority:
         }
 
     async def signing_key(self) -> keygen.KeyPair:
-        """The active key, unsealed (cached while it stays the active key)."""
-        active = lifecycle.active_key((await self.snapshot()).keys)
+        """The active key, unsealed; one ``HMGET`` per call while the key set is unchanged."""
+        head = await self.store.head()
+        if self._signing is not None and self._signing[0] == head:
+            return self._signing[1]
+        snap = await self.snapshot()
+        active = lifecycle.active_key(snap.keys)
         assert active is not None  # snapshot() bootstraps
-        if self._signing is None or self._signing.kid != active.kid:
+        pair = self._signing[1] if self._signing is not None else None
+        if pair is None or pair.kid != active.kid:
             der = self.kek.open(active.sealed, kid=active.kid, purpose=SIGNING_PURPOSE)
-            self._signing = keygen.load(der, active.alg)
-        return self._signing
+            pair = keygen.load(der, active.alg)
+        self._signing = ((snap.epoch, snap.version), pair)
+        return pair
 
     # -- changes ---------------------------------------------------------------------------
 
