@@ -1,38 +1,49 @@
 """``keyherald issuer``: help documents every setting; a bad environment exits cleanly."""
 
 import os
-import subprocess
-import sys
+
+import pytest
 
 from issuer.settings import IssuerSettings
+from keyherald.cli import main
 
 
-def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("KEYHERALD_")}
-    return subprocess.run(
-        [sys.executable, "-m", "keyherald.cli", *args],
-        capture_output=True, text=True, env={**clean, **(env or {})}, timeout=30,
-    )  # fmt: skip
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("KEYHERALD_"):
+            monkeypatch.delenv(name)
 
 
-def test_help_documents_every_setting() -> None:
-    result = _run("issuer", "--help")
-    assert result.returncode == 0
+def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["issuer", "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
     for name in IssuerSettings.model_fields:
-        assert f"KEYHERALD_{name.upper()}" in result.stdout
-    assert "--host" in result.stdout and "--port" in result.stdout
-    assert "518400 s = 6 d" in result.stdout  # the default lead, readable
+        assert f"KEYHERALD_{name.upper()}" in out
+    assert "--host" in out and "--port" in out
+    assert "518400 s = 6 d" in out  # the default lead, readable
 
 
-def test_unsafe_policy_refuses_to_start_with_the_numbers() -> None:
-    env = {"KEYHERALD_ISSUER": "http://x", "KEYHERALD_KEK": "A" * 43 + "=",
-           "KEYHERALD_LEAD_S": "10"}  # fmt: skip
-    result = _run("issuer", "--port", "1", env=env)
-    assert result.returncode == 2
-    assert "lead_s=10" in result.stderr and "960" in result.stderr
+def test_unsafe_policy_refuses_to_start_with_the_numbers(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("KEYHERALD_ISSUER", "http://x")
+    monkeypatch.setenv("KEYHERALD_KEK", "A" * 43 + "=")
+    monkeypatch.setenv("KEYHERALD_LEAD_S", "10")
+    assert main(["issuer", "--port", "1"]) == 2
+    assert "lead_s=10" in caplog.text and "960" in caplog.text
 
 
-def test_missing_kek_refuses_to_start() -> None:
-    result = _run("issuer", "--port", "1", env={"KEYHERALD_ISSUER": "http://x"})
-    assert result.returncode == 2
-    assert "KEYHERALD_KEK" in result.stderr
+def test_missing_kek_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("KEYHERALD_ISSUER", "http://x")
+    assert main(["issuer", "--port", "1"]) == 2
+    assert "KEYHERALD_KEK" in caplog.text
+
+
+def test_missing_issuer_refuses_to_start(caplog: pytest.LogCaptureFixture) -> None:
+    assert main(["issuer"]) == 2
+    assert "issuer" in caplog.text and "Field required" in caplog.text
