@@ -207,6 +207,8 @@ class LoadGenerator:
         per_api["rejected"] += 1
         if await self.key_state(client, token.kid) == "revoked":
             self.stats.revoked_rejected += 1
+            # As a real client would: a token of a revoked key is thrown away, not retried.
+            self.pool = [t for t in self.pool if t.kid != token.kid]
             return
         self.stats.valid_rejected += 1
         self.stats.valid_rejections.append(

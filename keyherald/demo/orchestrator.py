@@ -47,6 +47,9 @@ poll_interval_s = 0.25
 snapshot_interval_s = 0.5
 #: After the last rotation, how long to wait for the partner to catch up.
 settle_timeout_s = 10.0
+#: How often, and how long, each verifier's /healthz is polled after the revocation.
+revocation_poll_s = 0.005
+revocation_timeout_s = 10.0
 VERIFIER_SERVICES = ("api-a", "api-b")
 #: The relay's unauthenticated endpoint that answers once it serves.
 RELAY_HEALTH = "/metrics"
@@ -138,6 +141,7 @@ class Demo:
         self.issuer_url = f"http://127.0.0.1:{self.ports.issuer}"
         self.redis_url = os.environ.get("KEYHERALD_REDIS_URL") or ""
         self.env: dict[str, str] = {}
+        self._timers: list[asyncio.Task[None]] = []
         self.with_relay = "relay" in COMMANDS
 
     def _url(self, port: int, path: str = "") -> str:
@@ -256,7 +260,7 @@ class Demo:
             if time.monotonic() >= next_snapshot:
                 next_snapshot = time.monotonic() + snapshot_interval_s
                 await self._snapshot(redis, http, issuer)
-                await self._maybe_revoke(issuer)
+                await self._maybe_revoke(issuer, http)
                 self._track_revocation()
                 self.view.refresh(state)
             if settle_until is None and self._rotations_done():
@@ -271,6 +275,9 @@ class Demo:
                 state.note("timed out before the rotations completed")
                 break
             await asyncio.sleep(poll_interval_s)
+        for timer in self._timers:
+            timer.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
         await self._snapshot(redis, http, issuer)
         state.phase = "done"
         self.view.refresh(state)
@@ -281,10 +288,14 @@ class Demo:
             return
         self.state.update_revocation(time.time())
         if rev.propagation_s is not None:
-            services = ", ".join(v.service for v in self.state.verifiers)
+            committed = rev.published_at or rev.requested_at
+            caches = ", ".join(
+                f"{name} +{(at - committed) * 1000:.0f} ms"
+                for name, at in sorted(rev.cache_dropped_at.items())
+            )
             self.state.note(
-                f"revoked key {rev.kid[:12]} gone from every verifier ({services}) "
-                f"{rev.propagation_s:.2f}s after the request"
+                f"revoked key {rev.kid[:12]} out of every verifier's cache after the commit "
+                f"({caches}); heartbeats confirm {rev.propagation_s:.2f}s after the request"
             )
 
     def _rotations_done(self) -> bool:
@@ -312,7 +323,7 @@ class Demo:
         state.loadgen = await _get_json(http, self._url(self.ports.loadgen, "/stats"))
         state.partner = await _get_json(http, self._url(self.ports.partner, "/received"))
 
-    async def _maybe_revoke(self, issuer: IssuerClient) -> None:
+    async def _maybe_revoke(self, issuer: IssuerClient, http: httpx.AsyncClient) -> None:
         """Revoke the active key once, after the first rotation, at a moment when its successor
         is already in every verifier's cache (so revoking it refuses no valid token)."""
         state = self.state
@@ -328,7 +339,25 @@ class Demo:
             return
         state.revocation = Revocation(kid=active, requested_at=time.time())
         state.note(f"emergency revocation of the active key {active[:12]}")
+        started = time.monotonic()
         await issuer.revoke(active)
+        self._timers = [
+            asyncio.create_task(self._time_cache_drop(http, name, port, active, started))
+            for name, port in (("api-a", self.ports.api_a), ("api-b", self.ports.api_b))
+        ]
+
+    async def _time_cache_drop(
+        self, http: httpx.AsyncClient, name: str, port: int, kid: str, started: float
+    ) -> None:
+        """How long until verifier ``name`` no longer holds ``kid`` as a usable key."""
+        rev = self.state.revocation
+        deadline = started + revocation_timeout_s
+        while rev is not None and time.monotonic() < deadline:
+            kids = (await _get_json(http, self._url(port, "/healthz"))).get("kids") or {}
+            if kids.get(kid, "revoked") not in ("pending", "active", "retiring"):
+                rev.cache_dropped_at[name] = time.time()
+                return
+            await asyncio.sleep(revocation_poll_s)
 
 
 async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:

@@ -23,6 +23,17 @@ class Revocation:
     #: When every live verifier's heartbeat first showed the key gone.
     reached_all_at: float | None = None
     verifiers: int = 0
+    #: service -> when its ``/healthz`` first showed the key revoked (polled every few ms:
+    #: a much tighter bound than heartbeats).
+    cache_dropped_at: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cache_drop_s(self) -> float | None:
+        """From the issuer committing the revocation to the last verifier's cache dropping
+        the key (an upper bound: it includes one ``/healthz`` round trip)."""
+        if not self.cache_dropped_at or self.published_at is None:
+            return None
+        return max(self.cache_dropped_at.values()) - self.published_at
 
     @property
     def propagation_s(self) -> float | None:
@@ -132,10 +143,12 @@ class DemoState:
             "request_errors": int(self.loadgen.get("errors", 0)),
             "events_delivered_to_partner": self.delivered,
             "partner_out_of_order": int(self.partner.get("out_of_order", 0)),
-            "partner_signature_failures": int(self.partner.get("rejected", 0)),
+            "partner_signature_failures": int(self.partner.get("rejected", 0))
+            + int(self.partner.get("forged_events", 0)),
             "revoked_kid": rev.kid if rev else None,
             "revocation_reached_verifiers": rev.verifiers if rev else 0,
             "revocation_propagation_s": rev.propagation_s if rev else None,
+            "revocation_cache_dropped_s": rev.cache_drop_s if rev else None,
             "elapsed_s": round(time.time() - self.started_at, 1),
         }
 

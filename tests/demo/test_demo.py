@@ -56,7 +56,9 @@ def test_short_demo_run_rotates_with_no_valid_token_rejected() -> None:
     assert re.search(r"valid tokens rejected:\s+0$", out, re.M)
     verified = int(re.search(r"tokens verified:\s+(\d+)", out).group(1))
     assert verified > 50
-    assert re.search(r"revocation reached 2 verifiers within", out)
+    assert re.search(
+        r"revocation reached 2 verifiers: out of every cache \d+ ms after the commit", out
+    )
     delivered = int(re.search(r"events delivered to partner:\s+(\d+)", out).group(1))
     assert delivered > 0
     assert "out of order: 0, bad signatures: 0" in out
