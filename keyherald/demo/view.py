@@ -251,7 +251,9 @@ class LiveView:
             f"rejected after revocation {lg.get('revoked_rejected', 0)} · "
             f"errors {lg.get('errors', 0)}\n"
             f"partner: {partner.get('delivered', 0)} events delivered, last version "
-            f"{_last_version(partner)}, out of order {partner.get('out_of_order', 0)}"
+            f"{_last_version(partner)}, out of order {partner.get('out_of_order', 0)}; "
+            f"its key set v{partner.get('key_set_version', '-')}: "
+            f"{' '.join(short(k) for k in partner.get('keys') or []) or '-'}"
         )
 
 
