@@ -2,8 +2,8 @@
 
 The dispatcher (:meth:`Deliverer.run`) looks at every partner each poll interval, or at once
 when this replica queued something, and starts a worker for each enabled partner with a
-non-empty queue whose lease it can take. The lease (held by one replica, renewed before every
-attempt, longer than an attempt's deadline) is what keeps one partner's deliveries in order
+non-empty queue whose lease it can take. The lease (held by one replica, renewed alongside the
+work, longer than an attempt's deadline) is what keeps one partner's deliveries in order
 when several replicas run; if a replica dies mid-delivery its lease expires and another
 replica sends the same item again, with the same ``webhook-id``.
 
@@ -220,8 +220,11 @@ class Deliverer:
                 )
 
     async def _work(self, partner_id: str) -> None:
+        # The lease is renewed alongside the work, not only between steps: a slow attempt on
+        # a starved event loop must not let the lease lapse and a peer send the same item.
+        keeper = asyncio.create_task(self._keep_lease(partner_id), name=f"relay-lease-{partner_id}")
         try:
-            while await self._step(partner_id):
+            while not keeper.done() and await self._step(partner_id):
                 if _cancelling():
                     raise asyncio.CancelledError
         except asyncio.CancelledError:
@@ -231,9 +234,23 @@ class Deliverer:
             # below) and the next dispatch round starts a fresh worker.
             logger.exception("delivery worker failed partner=%s", partner_id)
         finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
             self._workers.pop(partner_id, None)
             with contextlib.suppress(aioredis.RedisError, OSError):
                 await asyncio.shield(self.store.release(partner_id, self._owner))
+
+    async def _keep_lease(self, partner_id: str) -> None:
+        """Renew the lease every third of its life; return when it is lost."""
+        while True:
+            await asyncio.sleep(self.policy.lease_s / 3)
+            try:
+                if not await self.store.renew(partner_id, self._owner, self.policy.lease_s):
+                    logger.warning("delivery lease lost partner=%s", partner_id)
+                    return
+            except (aioredis.RedisError, OSError) as e:
+                # Keep trying: the lease only lapses if Redis stays away for its whole life.
+                logger.warning("lease renewal failed partner=%s: %s", partner_id, type(e).__name__)
 
     async def _step(self, partner_id: str) -> bool:
         """Deliver or wait for the head once; ``False`` when this worker should stop."""
@@ -252,7 +269,7 @@ class Deliverer:
         state = await self.store.state(partner_id, head)
         wait = (state.next_at or 0.0) - self._clock()
         if wait > 0:
-            # Sleep in slices so the lease is renewed while a retry is pending.
+            # In slices, so a lost lease or a cancelled wait (a re-enabled partner) is noticed.
             await asyncio.sleep(min(wait, self.policy.lease_s / 3))
             return True
         await self._deliver(partner, head, state)
@@ -262,21 +279,15 @@ class Deliverer:
         started = time.monotonic()
         covers = head.version
         try:
-            keys = await current_for(self._keys, head)
-            covers = keys.version
-            body = payload(head, keys)
-            headers = webhook_headers(head.webhook_id, now, body, partner.valid_secrets(now))
-            headers["content-type"] = "application/json"
-            response = await egress.post(
-                self._http,
-                partner.url,
-                content=body,
-                headers=headers,
-                policy=self._egress,
-                deadline_s=self.policy.deadline_s,
-                max_response_bytes=self.policy.max_response_bytes,
-                resolver=self._resolver,
-            )
+            # One deadline for the whole attempt, key-set fetch included, so the lease (which
+            # must exceed the deadline) always outlives it.
+            async with asyncio.timeout(self.policy.deadline_s):
+                keys = await current_for(self._keys, head)
+                covers = keys.version
+                body = payload(head, keys)
+                headers = webhook_headers(head.webhook_id, now, body, partner.valid_secrets(now))
+                headers["content-type"] = "application/json"
+                response = await self._post(partner, body, headers)
         except (DeliveryFailed, EgressRefused) as e:
             return Attempt(None, e.reason, time.monotonic() - started, covers)
         except TimeoutError:
@@ -289,6 +300,20 @@ class Deliverer:
             retry_after = egress.retry_after_s(response.headers.get("retry-after"), now)
         error = None if 200 <= status < 300 else ("redirect" if 300 <= status < 400 else "status")
         return Attempt(status, error, response.latency_s, covers, retry_after)
+
+    async def _post(
+        self, partner: Partner, body: bytes, headers: dict[str, str]
+    ) -> egress.Response:
+        return await egress.post(
+            self._http,
+            partner.url,
+            content=body,
+            headers=headers,
+            policy=self._egress,
+            deadline_s=self.policy.deadline_s,
+            max_response_bytes=self.policy.max_response_bytes,
+            resolver=self._resolver,
+        )
 
     async def _deliver(self, partner: Partner, head: Item, state: HeadState) -> None:
         now = self._clock()

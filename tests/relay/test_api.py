@@ -8,6 +8,18 @@ from tests.relay.servers import Receiver, Server, until
 TOKEN = "admin-" + "x" * 26
 
 
+def consumed(relay):
+    """Condition: the relay's group has read and acknowledged every stream entry."""
+
+    async def check() -> bool:
+        redis, stream = relay.redis, relay.consumer.stream
+        (group,) = await redis.xinfo_groups(stream)
+        last = await redis.xrevrange(stream, count=1)
+        return group["pending"] == 0 and group["last-delivered-id"] == last[0][0]
+
+    return check
+
+
 def admin_client(relay) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(relay, TOKEN)),
@@ -63,6 +75,7 @@ async def test_partner_lifecycle_through_the_api(issuer, make_relay) -> None:
         disabled = (await api.post(f"/admin/partners/{pid}/disable")).json()
         assert disabled["enabled"] is False and disabled["disabled_reason"] == "manual"
         await issuer.add_key()  # not queued for a disabled partner
+        await until(consumed(relay))
         assert (await api.post(f"/admin/partners/{pid}/enable")).json()["enabled"] is True
 
         replay = await api.post(f"/admin/partners/{pid}/replay", json={"from_version": 1})

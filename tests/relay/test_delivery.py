@@ -78,7 +78,7 @@ async def test_retry_after_on_503_is_honoured(issuer, make_relay) -> None:
         await issuer.add_key()
         await until(lambda: len(receiver.accepted) == 1)
     gap = receiver.got[1].at - receiver.got[0].at
-    assert 0.95 <= gap < 2.0, gap
+    assert 0.95 <= gap < 3.0, gap
 
 
 async def test_gone_disables_the_partner(issuer, make_relay) -> None:
@@ -142,7 +142,7 @@ async def test_continuously_failing_partner_is_disabled(issuer, make_relay) -> N
         await issuer.add_key()
         await issuer.add_key()
     assert record.disabled_reason == "failing"
-    assert 0.3 <= elapsed < 2.0
+    assert 0.3 <= elapsed < 5.0
     assert len(receiver.got) == sent
 
 
@@ -211,7 +211,7 @@ async def test_secret_rotation_overlap_signs_with_both_then_only_the_new(
     issuer, make_relay
 ) -> None:
     receiver = Receiver()
-    async with Server(receiver) as server, make_relay(secret_overlap_s=0.6) as relay:
+    async with Server(receiver) as server, make_relay(secret_overlap_s=1.5) as relay:
         partner = await register(relay, receiver, server.url)
         await issuer.add_key()
         await until(lambda: len(receiver.accepted) == 1)
@@ -220,8 +220,8 @@ async def test_secret_rotation_overlap_signs_with_both_then_only_the_new(
         rotated_at = time.monotonic()
         await issuer.add_key()
         await until(lambda: len(receiver.accepted) == 2)
-        assert time.monotonic() - rotated_at < 0.6
-        await until(lambda: time.monotonic() - rotated_at > 0.7, timeout=2)
+        assert time.monotonic() - rotated_at < 1.5
+        await until(lambda: time.monotonic() - rotated_at > 1.6, timeout=3)
         await issuer.add_key()
         await until(lambda: len(receiver.accepted) == 3)
     # old only; old and new during the overlap; new only after it.
