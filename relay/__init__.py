@@ -4,12 +4,13 @@ address. See ``docs/protocol.md`` ("Webhook relay") for the payload and headers.
 
 from .api import create_app
 from .consumer import StreamConsumer, read_history
-from .delivery import Deliverer, DeliveryPolicy
+from .delivery import Deliverer
 from .egress import EgressPolicy, forbidden_reason, redact_url
 from .errors import ConfigError, DeliveryFailed, EgressRefused, PartnerNotFound, RelayError
 from .keysource import JwksKeySource, KeySnapshot, KeySource
 from .metrics import RelayMetrics
 from .partners import Partner, PartnerStore
+from .policy import DeliveryPolicy
 from .queue import DeliveryStore, Item
 from .schedule import RetrySchedule
 from .service import Relay

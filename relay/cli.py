@@ -24,10 +24,10 @@ from subscriber.jwks_client import JwksClient
 
 from . import constants
 from .api import create_app
-from .delivery import DeliveryPolicy
 from .egress import EgressPolicy
 from .errors import ConfigError
 from .keysource import JwksKeySource
+from .policy import DeliveryPolicy
 from .schedule import RetrySchedule
 from .service import Relay
 from .settings import RelaySettings

@@ -22,7 +22,6 @@ import contextlib
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import httpx
 import redis.asyncio as aioredis
@@ -30,14 +29,14 @@ import redis.asyncio as aioredis
 from subscriber.clock import Clock, system_clock
 from subscriber.events import Event
 
-from . import constants, egress
+from . import egress
 from .egress import EgressPolicy, Resolver, system_resolver
-from .errors import ConfigError, DeliveryFailed, EgressRefused, PartnerNotFound
+from .errors import DeliveryFailed, EgressRefused, PartnerNotFound
 from .keysource import KeySource, current_for, payload
 from .metrics import RelayMetrics
 from .partners import Partner, PartnerStore
+from .policy import Attempt, DeliveryPolicy, decide
 from .queue import DeliveryStore, HeadState, Item
-from .schedule import RetrySchedule
 from .signing import webhook_headers
 
 logger = logging.getLogger(__name__)
@@ -48,55 +47,6 @@ def _cancelling() -> bool:
     # retries); the task still counts it, so loops check here and stop.
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-@dataclass(frozen=True, slots=True)
-class DeliveryPolicy:
-    """How the relay delivers; every duration in seconds.
-
-    :param deadline_s: total time of one attempt (resolve, connect, send, read the response).
-    :param lease_s: a partner's delivery lease; must exceed ``deadline_s``.
-    :param failure_disable_s: continuous failure after which a partner is disabled.
-    :param poll_interval_s: how often a replica looks for work queued by other replicas.
-    :param collapse: drop queued items a delivered full key set already covers.
-    """
-
-    schedule: RetrySchedule
-    deadline_s: float = constants.delivery_timeout_s
-    lease_s: float = constants.partner_lease_s
-    max_response_bytes: int = constants.response_max_bytes
-    failure_disable_s: float = constants.failure_disable_s
-    poll_interval_s: float = constants.poll_interval_s
-    collapse: bool = True
-
-    def __post_init__(self) -> None:
-        if self.deadline_s <= 0:
-            raise ConfigError(f'delivery deadline must be > 0, the input is "{self.deadline_s}"')
-        if self.lease_s <= self.deadline_s:
-            raise ConfigError(
-                f"partner lease must exceed the delivery deadline ({self.deadline_s}), "
-                f'the input is "{self.lease_s}"'
-            )
-        if self.max_response_bytes < 1:
-            raise ConfigError(
-                f'response byte cap must be >= 1, the input is "{self.max_response_bytes}"'
-            )
-        if self.poll_interval_s <= 0 or self.failure_disable_s <= 0:
-            raise ConfigError(
-                "poll interval and failure-disable window must be > 0, the inputs are "
-                f'"{self.poll_interval_s}" and "{self.failure_disable_s}"'
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """The result of one HTTP attempt."""
-
-    status: int | None
-    error: str | None
-    latency_s: float
-    covers: int
-    retry_after_s: float | None = None
 
 
 class Deliverer:
@@ -319,7 +269,7 @@ class Deliverer:
         now = self._clock()
         number = state.attempts + 1
         result = await self._attempt(partner, head, now)
-        outcome = self._outcome(result, number, state, now)
+        outcome = decide(result, number, state.failing_since, now, self.policy)
         await self.store.record_attempt(
             partner.id,
             {
@@ -343,18 +293,6 @@ class Deliverer:
             result.error,
         )  # fmt: skip
         await self._apply(outcome, partner, head, state, result, number, now)
-
-    def _outcome(self, result: Attempt, number: int, state: HeadState, now: float) -> str:
-        if result.error is None:
-            return "delivered"
-        if result.status == 410:
-            return "gone"
-        failing_since = state.failing_since if state.failing_since is not None else now
-        if now - failing_since >= self.policy.failure_disable_s:
-            return "disabled"
-        if self.policy.schedule.delay_s(number + 1, result.retry_after_s) is None:
-            return "dead_lettered"
-        return "retry"
 
     async def _apply(
         self,

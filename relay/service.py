@@ -23,11 +23,12 @@ from subscriber.clock import Clock, system_clock
 
 from . import constants
 from .consumer import StreamConsumer
-from .delivery import Deliverer, DeliveryPolicy
+from .delivery import Deliverer
 from .egress import EgressPolicy, Resolver, new_client, system_resolver
 from .keysource import KeySource
 from .metrics import RelayMetrics
 from .partners import PartnerStore
+from .policy import DeliveryPolicy
 
 logger = logging.getLogger(__name__)
 

@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from relay.delivery import DeliveryPolicy
 from relay.egress import EgressPolicy
 from relay.keysource import JwksKeySource
 from relay.metrics import RelayMetrics
+from relay.policy import DeliveryPolicy
 from relay.schedule import RetrySchedule
 from relay.service import Relay
 from subscriber.events import Event, announcement_jwk, sign_event
