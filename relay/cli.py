@@ -6,6 +6,7 @@ Several replicas may run at once against one Redis, each with its own consumer n
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import textwrap
 import time
@@ -116,6 +117,19 @@ async def _announcement_jwks(
             await asyncio.sleep(1.0)
 
 
+async def _serve_until_either_stops(server: uvicorn.Server, relay: Relay) -> None:
+    # uvicorn stops on SIGINT/SIGTERM; a relay loop stops only on a bug. Either ends the
+    # process, so a dead consumer never hides behind a live admin API.
+    api = asyncio.create_task(server.serve(), name="relay-admin-api")
+    work = asyncio.create_task(relay.wait(), name="relay-wait")
+    await asyncio.wait({api, work}, return_when=asyncio.FIRST_COMPLETED)
+    server.should_exit = True
+    work.cancel()
+    await api
+    with contextlib.suppress(asyncio.CancelledError):
+        await work  # re-raises what stopped the relay
+
+
 async def serve(settings: RelaySettings, host: str, port: int) -> None:
     """Run one replica and its admin API until cancelled (Ctrl-C)."""
     redis = aioredis.Redis.from_url(settings.redis_url)
@@ -130,7 +144,7 @@ async def serve(settings: RelaySettings, host: str, port: int) -> None:
             config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off")
             async with relay:
                 logger.info("relay for %s: admin API on http://%s:%s", settings.issuer, host, port)
-                await uvicorn.Server(config).serve()
+                await _serve_until_either_stops(uvicorn.Server(config), relay)
     finally:
         await redis.aclose()
 
@@ -151,4 +165,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     except KeyboardInterrupt:
         pass
+    except Exception:
+        logger.exception("the relay stopped")
+        return 1
     return 0

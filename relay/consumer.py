@@ -10,9 +10,9 @@ replica that dies between reading and queueing leaves it pending, and then:
 * an entry that was handed out more than ``max_attempts`` times, or whose signature does not
   verify, goes to the dead-letter stream and is acknowledged instead of blocking the group.
 
-After a Redis restart without persistence the group is gone and reads fail with ``NOGROUP``;
-the group is recreated from the start of the stream (the partners' delivered marks keep that
-from sending anything twice).
+After a Redis restart without persistence the group is gone and reads fail with ``NOGROUP``
+(after a FLUSHALL, a blocked read fails with ``UNBLOCKED``); the group is recreated from the
+start of the stream (the partners' delivered marks keep that from sending anything twice).
 """
 
 import asyncio
@@ -110,9 +110,12 @@ class StreamConsumer:
             try:
                 await self.poll()
             except ResponseError as e:
-                if not str(e).startswith("NOGROUP"):
+                # NOGROUP: the group is gone (a Redis restart without persistence). UNBLOCKED:
+                # the stream was deleted (FLUSHALL) under our blocked XREADGROUP. Either way the
+                # group must be created again; any other reply error is a bug and is raised.
+                if not str(e).startswith(("NOGROUP", "UNBLOCKED")):
                     raise
-                logger.warning("consumer group missing (Redis restarted?), recreating")
+                logger.warning("consumer group or stream gone (%s), recreating", str(e)[:9])
                 await self.ensure_group()
                 self._retry_own = True
             except (aioredis.ConnectionError, aioredis.TimeoutError, OSError) as e:

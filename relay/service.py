@@ -10,7 +10,6 @@ Several replicas may run against one Redis; each needs its own ``consumer`` name
 """
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from types import TracebackType
@@ -124,15 +123,23 @@ class Relay:
             task.add_done_callback(_report_crash)
         logger.info("relay started consumer=%s", self.consumer.consumer)
 
+    async def wait(self) -> None:
+        """Return when the consumer or the dispatcher stops, raising what stopped it (they
+        only stop on a bug or a cancellation; a process supervisor should then restart us)."""
+        if not self._tasks:
+            raise RuntimeError("the relay is not started")
+        done, _ = await asyncio.wait(self._tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            task.result()
+
     async def aclose(self) -> None:
-        """Stop; undelivered work stays in Redis for the next start or a peer."""
-        for task in self._tasks:
+        """Stop; undelivered work stays in Redis for the next start or a peer. A loop that
+        had already failed was logged when it did and is surfaced by :meth:`wait`."""
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        self._tasks = []
-        if self._own_http:
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._own_http and not self._http.is_closed:
             await self._http.aclose()
 
     async def __aenter__(self) -> "Relay":

@@ -1,5 +1,6 @@
 """The consumer group: at-least-once across crashes, peers, Redis restarts and poison."""
 
+import asyncio
 import time
 
 import httpx
@@ -160,3 +161,35 @@ async def test_an_entry_that_keeps_failing_is_dead_lettered_after_n_attempts(red
     assert len(calls) == 3
     assert len(dead) == 1 and dead[0][1][b"reason"] == b"too_many_attempts"
     assert (await redis.xpending(consumer.stream, "relay"))["pending"] == 0
+
+
+async def test_a_flushall_under_a_blocked_read_is_survived(redis, issuer, make_relay) -> None:
+    """FLUSHALL while XREADGROUP blocks answers ``UNBLOCKED``: the consumer recreates the group
+    and keeps reading (the operator registers the partner again, the issuer starts over)."""
+    receiver = Receiver()
+    relay = make_relay(block_ms=2_000)
+    async with Server(receiver) as server, relay:
+        await register(relay, receiver, server.url)
+        await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 1)
+        await asyncio.sleep(0.1)  # the consumer is back in its blocking read
+        await redis.flushall()
+        await register(relay, receiver, server.url)
+        issuer.epoch = "epoch-2"
+        issuer.version = 0
+        await issuer.add_key()
+        await until(lambda: len(receiver.accepted) == 2, timeout=10)
+        assert all(not t.done() for t in relay._tasks)
+    assert [d.json["data"]["event"]["epoch"] for d in receiver.accepted] == ["epoch-1", "epoch-2"]
+
+
+async def test_an_unexpected_redis_error_stops_the_relay_visibly(redis, make_relay, caplog) -> None:
+    relay = make_relay()
+    async with relay:
+        await redis.delete(relay.consumer.stream)
+        await redis.set(relay.consumer.stream, "not a stream")
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            async with asyncio.timeout(5):
+                await relay.wait()
+        assert "relay task relay-consumer stopped" in caplog.text
+        await redis.delete(relay.consumer.stream)
