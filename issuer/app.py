@@ -140,6 +140,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def illegal(request: Request, exc: IllegalTransition) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "error": "illegal_transition"}, status_code=409)
 
+    @app.exception_handler(aioredis.RedisError)
+    async def store_unavailable(request: Request, exc: aioredis.RedisError) -> JSONResponse:
+        logger.warning("Redis unavailable for %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {"detail": "the key store is unavailable", "error": "store_unavailable"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
 
 def _add_public_routes(app: FastAPI, authority: Authority) -> None:
     cache_control = f"public, max-age={int(authority.policy.jwks_max_age_s)}"

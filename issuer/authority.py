@@ -92,6 +92,7 @@ class Authority:
         self._jwks: JwksDocument | None = None
         self._signing: tuple[tuple[str | None, int], keygen.KeyPair] | None = None
         self._announce: tuple[str, str, Ed25519PrivateKey] | None = None  # epoch, kid, key
+        self._metadata: dict[str, Any] | None = None
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -100,6 +101,10 @@ class Authority:
         snap = await self.store.load()
         if not snap.initialised or lifecycle.active_key(snap.keys) is None:
             snap = await self.bootstrap()
+        assert snap.epoch is not None
+        # Unsealing at first read finds a wrong KEK at start-up, and keeps the announcement key
+        # in memory should the store ever be lost (see _new_store_meta).
+        self._announce_signer(snap.meta, snap.epoch)
         return snap
 
     async def keys(self) -> list[KeyRecord]:
@@ -113,12 +118,21 @@ class Authority:
         return lifecycle.plan(snap.keys, self.policy, self.clock(), count=count)
 
     async def jwks(self) -> JwksDocument:
-        """The JWKS for the current version; rebuilt only when ``(epoch, version)`` moved."""
-        epoch, version = await self.store.head()
-        cached = self._jwks
-        if cached is not None and (cached.epoch, cached.version) == (epoch, version):
-            return cached
-        self._jwks = render_jwks(await self.snapshot())
+        """The JWKS for the current version; rebuilt only when ``(epoch, version)`` moved.
+
+        While Redis is unreachable the last document is served (a stale key set beats none
+        for verifiers); with no document yet, the Redis error propagates.
+        """
+        try:
+            epoch, version = await self.store.head()
+            cached = self._jwks
+            if cached is not None and (cached.epoch, cached.version) == (epoch, version):
+                return cached
+            self._jwks = render_jwks(await self.snapshot())
+        except aioredis.RedisError as e:
+            if self._jwks is None:
+                raise
+            logger.warning("Redis unavailable (%s): serving JWKS version %s", e, self._jwks.version)
         return self._jwks
 
     async def announcement_jwks(self) -> list[dict[str, Any]]:
@@ -127,10 +141,17 @@ class Authority:
         return [self._announce_key(snap)[1]]
 
     async def metadata(self) -> dict[str, Any]:
-        """The ``openid-configuration`` document (see ``docs/protocol.md``)."""
-        snap = await self.snapshot()
+        """The ``openid-configuration`` document (see ``docs/protocol.md``); the last one while
+        Redis is unreachable."""
+        try:
+            snap = await self.snapshot()
+        except aioredis.RedisError as e:
+            if self._metadata is None:
+                raise
+            logger.warning("Redis unavailable (%s): serving the last metadata", e)
+            return self._metadata
         algs = sorted({k.alg for k in snap.keys.values() if k.published} | {self.policy.algorithm})
-        return {
+        self._metadata = {
             "issuer": self.issuer,
             "jwks_uri": jwks_uri(self.issuer),
             "id_token_signing_alg_values_supported": algs,
@@ -141,6 +162,7 @@ class Authority:
                 "epoch": snap.epoch,
             },
         }
+        return self._metadata
 
     async def signing_key(self) -> keygen.KeyPair:
         """The active key, unsealed; one ``HMGET`` per call while the key set is unchanged."""
@@ -314,7 +336,9 @@ class Authority:
         return NewKey(kid=pair.kid, alg=pair.alg, jwk=pair.jwk, sealed=sealed)
 
     def _new_store_meta(self) -> dict[str, str]:
-        announce = Ed25519PrivateKey.generate()
+        # A store lost under a running issuer keeps its announcement key: verifiers that pinned
+        # it go on trusting events, and only resync for the new epoch.
+        announce = self._announce[2] if self._announce else Ed25519PrivateKey.generate()
         jwk = announcement_jwk(announce.public_key())
         raw = announce.private_bytes(
             serialization.Encoding.Raw,

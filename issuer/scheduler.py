@@ -10,6 +10,7 @@ holds the lease next.
 """
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -48,6 +49,8 @@ return 0
 """
 #: Back-off after an unexpected error in the loop, so a Redis outage is not a busy loop.
 ERROR_BACKOFF_S: Final = 1.0
+#: Longest wait for the lease release at shutdown; the lease expires on its own anyway.
+RELEASE_TIMEOUT_S: Final = 2.0
 
 
 class Scheduler:
@@ -131,7 +134,10 @@ class Scheduler:
                     await asyncio.sleep(ERROR_BACKOFF_S)
                 await asyncio.sleep(self.tick_interval_s)
         finally:
-            await asyncio.shield(self.release())
+            # Shielded and bounded: shutdown must neither skip the release nor hang on it.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                    await asyncio.shield(self.release())
 
     async def release(self) -> None:
         """Give the lease up (on shutdown) so another replica takes over at once."""

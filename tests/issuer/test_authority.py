@@ -155,9 +155,15 @@ async def test_works_with_a_decoding_client(redis_url: str, clock: ManualClock, 
         await client.aclose()
 
 
-async def test_lost_store_gets_a_new_epoch(authority: Authority, redis: aioredis.Redis) -> None:
+async def test_lost_store_gets_a_new_epoch_and_keeps_the_announcement_key(
+    authority: Authority, redis: aioredis.Redis
+) -> None:
     before = await authority.snapshot()
+    announce = await authority.announcement_jwks()
     await redis.flushdb()
     after = await authority.snapshot()
     assert after.epoch != before.epoch and after.version == 2
-    assert len(after.keys) == 1
+    assert len(after.keys) == 1 and set(after.keys).isdisjoint(before.keys)
+    # Verifiers that pinned the announcement key keep trusting the rebuilt store's events.
+    assert await authority.announcement_jwks() == announce
+    assert [e.epoch for e in await stream_events(redis, authority)] == [after.epoch] * 2

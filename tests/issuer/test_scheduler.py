@@ -150,5 +150,6 @@ async def test_run_loop_applies_and_releases_on_cancel(
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
-            await task
+            async with asyncio.timeout(5):
+                await task
     assert await redis.get(redis_keys.scheduler_lease(ISSUER)) is None

@@ -13,7 +13,7 @@ from fastapi import FastAPI
 
 from issuer.app import create_app
 from issuer.authority import Authority
-from keyherald.redis_server import free_port
+from keyherald.redis_server import RedisServer, free_port
 from subscriber.clock import ManualClock
 from tests.issuer.conftest import ADMIN_TOKEN, make_settings
 
@@ -77,3 +77,29 @@ async def test_lifespan_checks_redis_bootstraps_and_runs_the_scheduler(
                 await asyncio.sleep(0.01)
         assert [k.state for k in await authority.keys()] == ["active", "pending"]
     assert not any(r.levelno >= logging.ERROR for r in caplog.records)
+
+
+async def test_redis_outage_serves_the_last_jwks_and_503_elsewhere(
+    redis_server: RedisServer, clock: ManualClock
+) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    app = create_app(settings=make_settings(), redis=client, clock=clock, run_scheduler=False)
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    try:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://issuer.test"
+        ) as http:
+            jwks = await http.get("/.well-known/jwks.json")
+            metadata = await http.get("/.well-known/openid-configuration")
+            redis_server.kill()
+            stale = await http.get("/.well-known/jwks.json")
+            assert stale.status_code == 200 and stale.content == jwks.content
+            assert stale.headers["etag"] == jwks.headers["etag"]
+            assert (await http.get("/.well-known/openid-configuration")).json() == metadata.json()
+            down = await http.post("/admin/rotate", headers=headers)
+            assert down.status_code == 503 and down.json()["error"] == "store_unavailable"
+            assert down.headers["retry-after"] == "1"
+            redis_server.start()
+            assert (await http.post("/admin/rotate", headers=headers)).status_code == 201
+    finally:
+        await client.aclose()
