@@ -30,7 +30,6 @@ from typing import Any, NoReturn
 import httpx
 import redis.asyncio as aioredis
 
-from keyherald.cli import COMMANDS
 from keyherald.redis_server import find_redis_server, free_port
 from subscriber.constants import METADATA_PATH
 
@@ -99,10 +98,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def child_env(
-    profile: Profile, ports: Ports, redis_url: str, *, admin_token: str, kek: str
+    profile: Profile, ports: Ports, redis_url: str, *, admin_token: str
 ) -> dict[str, str]:
     """The environment every child gets: the same settings as deploy/keyherald.env, with
-    local addresses and fresh secrets."""
+    local addresses and a fresh admin token (the KEK is added for the issuer alone)."""
     issuer = f"http://127.0.0.1:{ports.issuer}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYHERALD_")}
     env.update(profile.env())
@@ -111,7 +110,6 @@ def child_env(
             "KEYHERALD_REDIS_URL": redis_url,
             "KEYHERALD_ISSUER": issuer,
             "KEYHERALD_ADMIN_TOKEN": admin_token,
-            "KEYHERALD_KEK": kek,
             "KEYHERALD_RELAY_ISSUER": issuer,
             "KEYHERALD_RELAY_REDIS_URL": redis_url,
             "KEYHERALD_RELAY_ADMIN_TOKEN": admin_token,
@@ -142,7 +140,6 @@ class Demo:
         self.redis_url = os.environ.get("KEYHERALD_REDIS_URL") or ""
         self.env: dict[str, str] = {}
         self._timers: list[asyncio.Task[None]] = []
-        self.with_relay = "relay" in COMMANDS
 
     def _url(self, port: int, path: str = "") -> str:
         return f"http://127.0.0.1:{port}{path}"
@@ -170,24 +167,22 @@ class Demo:
             command = ["keyherald", "redis", "--port", str(p.redis)]
             self._start("redis", command, ready=redis_ready(self.redis_url))
             await self._wait_ready(["redis"])
+        self.env = child_env(self.profile, p, self.redis_url, admin_token=self.admin_token)
+        # Only the issuer gets the key-encryption key; nothing else needs it.
         kek = base64.b64encode(secrets.token_bytes(32)).decode()
-        self.env = child_env(self.profile, p, self.redis_url, admin_token=self.admin_token, kek=kek)
-        self._start("issuer", ["keyherald", "issuer", *self._bind(p.issuer)], METADATA_PATH)
+        issuer_env = self.env | {"KEYHERALD_KEK": kek}
+        issuer_cmd = ["keyherald", "issuer", *self._bind(p.issuer)]
+        self._start("issuer", issuer_cmd, METADATA_PATH, env=issuer_env)
         self.state.note(f"issuer {self.issuer_url}, redis {self.redis_url}")
         await self._wait_ready(["issuer"])
         # Everything else starts at once: each role waits for what it needs (the partner for
         # the relay, the loadgen for the verifying services), which halves start-up on 2 cores.
-        names = ["api-a", "api-b", "loadgen"]
-        if self.with_relay:
-            self._start("relay", ["keyherald", "relay", *self._bind(p.relay)], RELAY_HEALTH)
-            self._start("partner", ["keyherald", "demo", "partner", *self._bind(p.partner)])
-            names += ["relay", "partner"]
-        else:
-            self.state.note("the relay is not installed: no partner deliveries this run")
+        self._start("relay", ["keyherald", "relay", *self._bind(p.relay)], RELAY_HEALTH)
+        self._start("partner", ["keyherald", "demo", "partner", *self._bind(p.partner)])
         for name, port in (("api-a", p.api_a), ("api-b", p.api_b)):
             self._start(name, ["keyherald", "demo", "api", *self._bind(port), "--name", name])
         self._start("loadgen", ["keyherald", "demo", "loadgen", *self._bind(p.loadgen)])
-        await self._wait_ready(names)
+        await self._wait_ready(["relay", "partner", "api-a", "api-b", "loadgen"])
         env_file = self._write_env_file()
         self.state.note(
             f"all services ready; from another terminal: . {env_file}; keyherald status"
@@ -213,13 +208,15 @@ class Demo:
         health: str = "/healthz",
         *,
         ready: Callable[[], bool] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         """Start ``command``; ready when ``ready()`` or, by default, ``--port``'s ``health``
         path answers 2xx."""
         if ready is None:
             port = int(command[command.index("--port") + 1])
             ready = http_ready(self._url(port, health))
-        self.supervisor.start(name, command, env=self.env or dict(os.environ), ready=ready)
+        env = env or self.env or dict(os.environ)
+        self.supervisor.start(name, command, env=env, ready=ready)
 
     async def run(self) -> DemoState:
         """Start everything, run the rotations, return what was seen."""
@@ -307,8 +304,6 @@ class Demo:
         )
 
     def _partner_caught_up(self) -> bool:
-        if not self.with_relay:
-            return True
         last = self.state.partner.get("events") or []
         return bool(last) and last[-1].get("version") == self.state.version
 
