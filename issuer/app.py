@@ -55,10 +55,12 @@ from .store import check_persistence
 logger = logging.getLogger(__name__)
 
 KidPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="RFC 7638 kid")]
-_ERRORS: dict[int | str, dict[str, Any]] = {
+_UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorView, "description": "missing or wrong admin token"},
+}
+_KID_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorView, "description": "unknown kid"},
-    409: {"model": ErrorView, "description": "illegal transition"},
+    409: {"model": ErrorView, "description": "illegal transition from the key's state"},
 }
 
 
@@ -177,7 +179,7 @@ def _admin_router(authority: Authority, signer: Signer, token: str | None) -> AP
         prefix="/admin",
         tags=["admin"],
         dependencies=[Depends(admin_dependency(token))],
-        responses=_ERRORS,
+        responses=_UNAUTHORIZED,
     )
 
     @admin.get("/keys", summary="Every key with its state and timestamps")
@@ -198,15 +200,27 @@ def _admin_router(authority: Authority, signer: Signer, token: str | None) -> AP
     async def rotate() -> ChangeView:
         return ChangeView.of(await authority.rotate())
 
-    @admin.post("/keys/{kid}/activate", summary="Activate a pending key published for the lead")
+    @admin.post(
+        "/keys/{kid}/activate",
+        responses=_KID_ERRORS,
+        summary="Activate a pending key published for the lead",
+    )
     async def activate(kid: KidPath) -> ChangeView:
         return ChangeView.of(await authority.activate(kid))
 
-    @admin.post("/keys/{kid}/retire", summary="Withdraw a pending key, or end a finished grace")
+    @admin.post(
+        "/keys/{kid}/retire",
+        responses=_KID_ERRORS,
+        summary="Withdraw a pending key, or end a finished grace",
+    )
     async def retire(kid: KidPath) -> ChangeView:
         return ChangeView.of(await authority.retire(kid))
 
-    @admin.post("/keys/{kid}/revoke", summary="Emergency removal; replaces the active key at once")
+    @admin.post(
+        "/keys/{kid}/revoke",
+        responses=_KID_ERRORS,
+        summary="Emergency removal; replaces the active key at once",
+    )
     async def revoke(kid: KidPath) -> ChangeView:
         return ChangeView.of(await authority.revoke(kid))
 

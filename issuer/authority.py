@@ -41,11 +41,13 @@ from .jwks import JwksDocument, jwks_uri, render_jwks
 from .kek import Kek
 from .lifecycle import Change, NewKey, Transition
 from .policy import RotationPolicy
-from .records import ACTIVE, KeyRecord, chronological
+from .records import ACTIVE, KeyRecord, chronological, forgettable
 from .store import KeyStore, Snapshot
 
 logger = logging.getLogger(__name__)
 
+#: Records of retired and revoked keys kept for the admin API's history; older ones are deleted.
+KEEP_ENDED_RECORDS: Final = 32
 #: Attempts at a change when other writers keep winning the compare-and-set.
 MAX_COMMIT_ATTEMPTS: Final = 20
 #: A tick applies at most this many transitions (a store many periods behind catches up).
@@ -309,6 +311,7 @@ class Authority:
             )  # fmt: skip
             for offset, spec in enumerate(change.events, start=1)
         )
+        after = lifecycle.updated(snap.keys, change)
         version = await self.store.commit(
             expected_version=snap.version,
             expected_epoch=snap.epoch,
@@ -317,6 +320,7 @@ class Authority:
             retention_s=self.policy.stream_retention_s,
             meta=meta,
             fence=fence,
+            forget=forgettable(after.values(), KEEP_ENDED_RECORDS),
         )
         for event in events:
             logger.info(

@@ -65,3 +65,14 @@ def chronological(records: Iterable[KeyRecord]) -> list[KeyRecord]:
         records,
         key=lambda k: (k.created_at, k.activate_at if k.activate_at is not None else 0.0, k.kid),
     )
+
+
+def forgettable(records: Iterable[KeyRecord], keep: int) -> list[str]:
+    """Kids of ended (retired or revoked) keys beyond the ``keep`` most recently ended: their
+    records can go, so the store stays small however fast keys rotate."""
+    ended = sorted(
+        (r for r in records if not r.published and r.ended_at is not None),
+        key=lambda r: (r.ended_at or 0.0, r.kid),
+        reverse=True,
+    )
+    return [r.kid for r in ended[keep:]]

@@ -6,7 +6,7 @@ Every change goes through one Lua script, :data:`COMMIT_SCRIPT`, which atomicall
 2. checks the scheduler's fencing token when one is given (a deposed leader writes nothing),
 3. checks every key's type *before* writing, because Redis does not roll back a script that
    fails half-way: either all of its writes happen or none,
-4. writes the records and the meta fields, and
+4. writes the records and the meta fields (and forgets records of long-gone keys), and
 5. XADDs the pre-signed events (consecutive versions), trimming the stream by age (MINID).
 
 So a state change and its event are both present or both absent. Ages use the Redis server's
@@ -35,6 +35,7 @@ local meta, keys, stream, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local expected, expected_epoch, token = tonumber(ARGV[1]), ARGV[2], ARGV[3]
 local retention_ms = tonumber(ARGV[4])
 local n_meta, n_records, n_events = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local n_forget = tonumber(ARGV[8])
 
 local current = tonumber(redis.call('HGET', meta, 'version') or '0')
 local epoch = redis.call('HGET', meta, 'epoch') or ''
@@ -51,7 +52,11 @@ for key, wanted in pairs(types) do
   end
 end
 
-local i = 8
+local i = 9
+for _ = 1, n_forget do
+  redis.call('HDEL', keys, ARGV[i])
+  i = i + 1
+end
 for _ = 1, n_meta do
   redis.call('HSET', meta, ARGV[i], ARGV[i + 1])
   i = i + 2
@@ -132,12 +137,14 @@ class KeyStore:
         retention_s: float,
         meta: Mapping[str, str] | None = None,
         fence: int | None = None,
+        forget: Sequence[str] = (),
     ) -> int:
         """Write ``records`` (and ``meta``) and append ``events``, or nothing at all.
 
         :param events: stream fields (``type``, ``version``, ``jws``) with versions
             ``expected_version + 1`` onwards.
         :param fence: the scheduler's fencing token; ``None`` for operator actions.
+        :param forget: kids whose records to delete (retired or revoked long ago).
         :returns: the new version.
         :raises VersionConflict: the version or epoch changed since it was read.
         :raises LeaseLost: ``fence`` is no longer the current token.
@@ -154,6 +161,8 @@ class KeyStore:
             len(meta_items),
             len(records),
             len(events),
+            len(forget),
+            *forget,
         ]
         for name, value in meta_items:
             args += [name, value]

@@ -147,3 +147,22 @@ async def test_persistence_check_skipped_when_config_is_forbidden(
     finally:
         await client.aclose()
     assert "cannot check Redis persistence" in caplog.text
+
+
+async def test_records_of_long_gone_keys_are_forgotten(
+    authority: Authority, redis: aioredis.Redis, clock: ManualClock
+) -> None:
+    from issuer.authority import KEEP_ENDED_RECORDS
+
+    withdrawn = []
+    for _ in range(KEEP_ENDED_RECORDS + 5):
+        clock.advance(1)
+        kid = (await authority.rotate()).events[0].kid
+        await authority.retire(kid)
+        withdrawn.append(kid)
+    keys = await authority.keys()
+    assert [k.state for k in keys].count("active") == 1
+    assert len(keys) == 1 + KEEP_ENDED_RECORDS
+    assert {k.kid for k in keys if k.state == "retired"} == set(withdrawn[-KEEP_ENDED_RECORDS:])
+    # The history is still on the stream, and the version counts every change.
+    assert (await authority.store.head())[1] == 2 + 2 * len(withdrawn)
