@@ -41,7 +41,7 @@ from .jwks import JwksDocument, jwks_uri, render_jwks
 from .kek import Kek
 from .lifecycle import Change, NewKey, Transition
 from .policy import RotationPolicy
-from .records import ACTIVE, KeyRecord, chronological, forgettable
+from .records import ACTIVE, PENDING, KeyRecord, chronological, forgettable
 from .store import KeyStore, Snapshot
 
 logger = logging.getLogger(__name__)
@@ -235,7 +235,7 @@ class Authority:
 
         def build(snap: Snapshot, now: float) -> Change:
             key = snap.keys.get(kid)
-            pending = any(k.state == "pending" for k in snap.keys.values())
+            pending = any(k.state == PENDING for k in snap.keys.values())
             if key is not None and key.state == ACTIVE and not pending and not replacement:
                 replacement.append(self._new_key())
             return lifecycle.revoke(

@@ -132,6 +132,11 @@ class Scheduler:
                 except (aioredis.RedisError, StoreError, OSError) as e:
                     logger.error("scheduler round failed: %s", e)
                     await asyncio.sleep(ERROR_BACKOFF_S)
+                except Exception:
+                    # A loop that died here would stop every rotation without a sound; log it
+                    # loudly and keep going (another replica may also take over the lease).
+                    logger.exception("scheduler round failed unexpectedly")
+                    await asyncio.sleep(ERROR_BACKOFF_S)
                 await asyncio.sleep(self.tick_interval_s)
         finally:
             # Shielded and bounded: shutdown must neither skip the release nor hang on it.

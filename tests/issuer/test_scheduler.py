@@ -11,6 +11,7 @@ from issuer.errors import LeaseLost
 from issuer.kek import Kek
 from issuer.policy import RotationPolicy
 from issuer.scheduler import Scheduler
+from keyherald.redis_server import RedisServer
 from subscriber import redis_keys
 from subscriber.clock import ManualClock
 from tests.issuer.conftest import ISSUER
@@ -153,3 +154,37 @@ async def test_run_loop_applies_and_releases_on_cancel(
             async with asyncio.timeout(5):
                 await task
     assert await redis.get(redis_keys.scheduler_lease(ISSUER)) is None
+
+
+async def test_run_loop_survives_a_redis_outage(
+    redis_server: RedisServer, clock: ManualClock, kek: Kek,
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr("issuer.scheduler.ERROR_BACKOFF_S", 0.01)
+    client = aioredis.Redis.from_url(redis_server.url)
+    authority = Authority(redis=client, issuer=ISSUER, policy=POLICY, kek=kek, clock=clock)
+    scheduler = Scheduler(authority, holder="survivor", lease_ttl_s=1, tick_interval_s=0.01)
+    await authority.bootstrap()
+    task = asyncio.create_task(scheduler.run())
+    try:
+        redis_server.kill()
+        async with asyncio.timeout(10):
+            while "scheduler round failed" not in caplog.text:
+                await asyncio.sleep(0.01)
+        redis_server.start()  # same port, AOF: the store is still there
+        clock.advance(80)  # the next key is due
+        async with asyncio.timeout(10):
+            while True:
+                try:
+                    if (await authority.store.head())[1] >= 3:
+                        break
+                except aioredis.ConnectionError:
+                    pass
+                await asyncio.sleep(0.01)
+        assert not task.done()
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            async with asyncio.timeout(5):
+                await task
+        await client.aclose()
