@@ -7,7 +7,6 @@ system recovered is always a polled condition.
 """
 
 import asyncio
-import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,7 +81,6 @@ class Faults:
         self.load = load
         self.records: list[FaultRecord] = []
         self.revocations: list[Revocation] = []
-        self._rng = random.Random(6)
 
     @property
     def t(self) -> Timing:
@@ -195,17 +193,25 @@ class Faults:
     # -- processes -------------------------------------------------------------------------
 
     async def issuer_kill(self, record: FaultRecord) -> None:
-        """SIGKILL the issuer at a random point within a tick either side of its next planned
-        activation, restart it, and record on which side of the commit the kill fell."""
-        plan = await self.c.plan()
-        now = time.time()
-        due = sorted(
-            (p["at"], p["kid"])
-            for p in plan
-            if p["action"] == "activate" and p["kid"] and p["at"] > now + 0.3
-        )
-        at, kid = due[0] if due else (now, None)
-        offset = self._rng.uniform(-self.t.tick_interval_s, self.t.tick_interval_s)
+        """SIGKILL the issuer within a tick of its next planned activation, restart it, and record
+        on which side of the commit the kill fell."""
+        target: dict[str, Any] = {}
+
+        async def activation_planned() -> bool:
+            # The plan names the key only once it is published, `lead` before it activates.
+            now = time.time()
+            for p in await self.c.plan():
+                if p["action"] == "activate" and p["kid"] and p["at"] > now + 0.3:
+                    target.update(at=p["at"], kid=p["kid"])
+                    return True
+            return False
+
+        await wait_for("a planned activation", activation_planned, 3 * self.t.rotation_period_s)
+        at, kid = target["at"], target["kid"]
+        # Successive kills walk across the tick that applies it: a tick before it is due (the
+        # restarted issuer must apply it), half a tick before, at, and half a tick after.
+        kills = sum(1 for r in self.records if r.name == "issuer_kill")
+        offset = self.t.tick_interval_s * (kills % 4 - 2) / 2
         await asyncio.sleep(max(0.0, at + offset - time.time()))
         self.c.procs["issuer"].kill()
         killed_at = time.time()
@@ -219,15 +225,14 @@ class Faults:
         async def applied() -> bool:
             return bool(activations())
 
-        if kid is not None:
-            await wait_for("the planned activation", applied, self.t.settle_timeout_s)
-            committed = activations()[0].ts
-            record.notes.update(
-                planned_kid=kid,
-                killed_after_due_s=round(killed_at - at, 3),
-                committed="before the kill" if committed <= killed_at else "after the restart",
-                activations_of_planned_kid=len(activations()),
-            )
+        await wait_for("the planned activation", applied, self.t.settle_timeout_s)
+        committed = activations()[0].ts
+        record.notes.update(
+            planned_kid=kid,
+            killed_after_due_s=round(killed_at - at, 3),
+            committed="before the kill" if committed <= killed_at else "after the restart",
+            activations_of_planned_kid=len(activations()),
+        )
 
     async def verifier_kill(self, record: FaultRecord) -> None:
         """SIGKILL a verifier process (both its instances) and start it again."""

@@ -45,17 +45,9 @@ poll_s = 0.05
 RELAY_READY_PATH = "/metrics"
 
 
-#: subscriber/verifier.py + follower.py: the verifier takes its announcement keys once, at
-#: start. After a FLUSHALL the issuer draws a new announcement key with the new epoch, so every
-#: later event is refused as ``forged_event``; the verifier stays ``live`` and only catches up
-#: through the JWKS refresh each refused event requests, at most one per
-#: ``unknown_kid_cooldown_s`` (30 s by default). Until it refetches the metadata on a new epoch,
-#: the soak's verifiers run with a short cooldown so that path keeps them current, and the report
-#: says so.
-#: ``KEYHERALD_SOAK_NO_WORKAROUNDS=1`` turns this and faults.RESTART_RELAY_AFTER_FLUSH off, to
-#: check a fix.
+#: ``KEYHERALD_SOAK_NO_WORKAROUNDS=1`` turns off the soak's workarounds of known component gaps
+#: (``faults.RESTART_RELAY_AFTER_FLUSH``), to check a fix.
 WORKAROUNDS = os.environ.get("KEYHERALD_SOAK_NO_WORKAROUNDS", "") in ("", "0")
-REFRESH_COOLDOWN_WORKAROUND_S: float | None = 0.25 if WORKAROUNDS else None
 
 
 class SoakTimeout(AssertionError):
@@ -341,8 +333,6 @@ class Cluster:
             argv += ["--socket-timeout", str(t.socket_timeout_s), "--block-ms", str(t.block_ms)]
             argv += ["--leeway", str(t.clock_skew_s), "--heartbeat", str(t.heartbeat_s)]
             argv += ["--poll-interval", str(max(t.jwks_max_age_s, 0.5))]
-            if REFRESH_COOLDOWN_WORKAROUND_S is not None:
-                argv += ["--refresh-cooldown", str(REFRESH_COOLDOWN_WORKAROUND_S)]
             self._add(name, argv, f"http://127.0.0.1:{port}").start()
         await asyncio.gather(
             *(self.procs[n].wait_ready("/healthz", 40.0) for n in self.worker_names),

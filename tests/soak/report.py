@@ -13,7 +13,7 @@ import math
 from typing import Any
 
 from .faults import RESTART_RELAY_AFTER_FLUSH, Faults
-from .harness import REFRESH_COOLDOWN_WORKAROUND_S, Cluster, EventRecord
+from .harness import Cluster, EventRecord
 from .loadgen import LoadGenerator, Rejection
 
 
@@ -293,11 +293,6 @@ def build(
 def workarounds() -> list[str]:
     """Component gaps the soak works around in this run (see harness.py and faults.py)."""
     out = []
-    if REFRESH_COOLDOWN_WORKAROUND_S is not None:
-        out.append(
-            f"verifiers run with unknown_kid_cooldown_s={REFRESH_COOLDOWN_WORKAROUND_S}: after a "
-            "flush they refuse every event (new announcement key) and follow via JWKS refreshes"
-        )
     if RESTART_RELAY_AFTER_FLUSH:
         out.append("relay restarted after the flush: its consumer task dies on UNBLOCKED")
     return out

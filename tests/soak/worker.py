@@ -69,7 +69,6 @@ class Worker:
                 leeway_s=a.leeway,
                 block_ms=a.block_ms,
                 min_poll_interval_s=a.poll_interval,
-                unknown_kid_cooldown_s=a.refresh_cooldown,
                 max_poll_interval_s=max(a.poll_interval, 5.0),
                 heartbeat_interval_s=a.heartbeat,
                 heartbeat_ttl_s=a.heartbeat * 3,
@@ -157,7 +156,6 @@ def main() -> None:
     parser.add_argument("--leeway", type=float, default=1.0)
     parser.add_argument("--poll-interval", type=float, default=1.0)
     parser.add_argument("--heartbeat", type=float, default=0.5)
-    parser.add_argument("--refresh-cooldown", type=float, default=30.0)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     uvicorn.run(create_app(Worker(args)), host="127.0.0.1", port=args.port, log_level="warning")
