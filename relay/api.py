@@ -12,6 +12,7 @@
                                               the overlap
     GET    /admin/partners/{id}/attempts      latest delivery attempts, newest first
     POST   /admin/partners/{id}/replay        queue again every event from a version on
+    GET    /admin/dead-letters                exhausted deliveries and refused stream entries
     GET    /metrics                           Prometheus (no token: scrapers hold none)
 """
 
@@ -121,6 +122,14 @@ async def replay(partner_id: str, body: ReplayIn, relay: RelayDep) -> dict[str, 
     events = await read_history(relay.redis, relay.issuer, relay.announce_keys, body.from_version)
     queued = await relay.deliverer.replay(partner_id, events)
     return {"queued": queued, "from_version": body.from_version}
+
+
+@router.get("/dead-letters")
+async def dead_letters(
+    relay: RelayDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[dict[str, str]]:
+    """Exhausted deliveries and refused stream entries, newest first."""
+    return await relay.deliverer.store.dead_letters(limit)
 
 
 async def _not_found(request: Request, exc: Exception) -> JSONResponse:

@@ -260,6 +260,14 @@ class DeliveryStore:
             for rid, fields in rows
         ]
 
+    async def dead_letters(self, limit: int = 100) -> list[dict[str, str]]:
+        """The latest dead letters, newest first."""
+        rows = await self._redis.xrevrange(self.dead_key, count=limit) or []
+        return [
+            {"id": text(rid), **{text(k): text(v) for k, v in (fields or {}).items()}}
+            for rid, fields in rows
+        ]
+
     async def dead_letter(self, record: Mapping[str, str | int | float]) -> None:
         await self._redis.xadd(
             self.dead_key,

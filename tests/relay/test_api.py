@@ -3,7 +3,7 @@
 import httpx
 
 from relay.api import create_app
-from tests.relay.servers import Receiver, Server, until
+from tests.relay.servers import Receiver, Reply, Server, until
 
 TOKEN = "admin-" + "x" * 26
 
@@ -83,7 +83,11 @@ async def test_partner_lifecycle_through_the_api(issuer, make_relay) -> None:
         await until(lambda: len(receiver.accepted) == 3)
         # Both secrets sign during the overlap.
         assert receiver.got[-1].verified_by == [0, 1]
-        assert (await api.get(f"/admin/partners/{pid}")).json()["queued"] == 0
+
+        async def drained():
+            return (await api.get(f"/admin/partners/{pid}")).json()["queued"] == 0
+
+        await until(drained)  # the receiver saw the last request before the relay saw the 200
 
         assert (await api.delete(f"/admin/partners/{pid}")).status_code == 204
         assert (await api.get(f"/admin/partners/{pid}")).status_code == 404
@@ -107,3 +111,23 @@ async def test_bad_registrations_are_refused(make_relay) -> None:
             assert (await api.post("/admin/partners", json=body)).status_code == 422
         response = await api.post("/admin/partners/ptr_x/replay", json={"from_version": 0})
         assert response.status_code == 422
+
+
+async def test_dead_letters_are_listed(issuer, make_relay) -> None:
+    receiver = Receiver()
+    receiver.script = [Reply(500), Reply(500)]
+    async with (
+        Server(receiver) as server,
+        make_relay(schedule=[0, 0.01]) as relay,
+        admin_client(relay) as api,
+    ):
+        created = (await api.post("/admin/partners", json={"url": server.url})).json()
+        await issuer.add_key()
+
+        async def listed():
+            return (await api.get("/admin/dead-letters")).json()
+
+        await until(listed)
+        (dead,) = await listed()
+    assert dead["kind"] == "delivery" and dead["partner"] == created["id"]
+    assert dead["version"] == "1" and dead["reason"] == "status"
