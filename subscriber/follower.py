@@ -18,6 +18,7 @@ from typing import Any, TypeAlias
 
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
@@ -37,6 +38,13 @@ XReadReply: TypeAlias = list[Any] | dict[Any, Any] | None
 
 #: The first id of any stream: reading after it reads everything.
 START_ID = "0-0"
+
+# Events already verified in this process, keyed by (issuer + announcement keys, JWS): when
+# many verifiers of one issuer share a process, each announcement's signature is checked once.
+# A hit needs the same JWS under the very same trusted keys, so the answer cannot differ.
+# Cleared when full rather than LRU: lock-free, and a flood only costs re-verification.
+_VERIFIED_MAX = 256
+_verified: dict[tuple[bytes, str], Event] = {}
 
 
 def stream_id_key(entry_id: str) -> tuple[int, int]:
@@ -110,7 +118,7 @@ class StreamFollower:
         self.stream = stream
         self.keyset = keyset
         self.issuer = issuer
-        self.announcement_keys = announcement_keys
+        self.announcement_keys = announcement_keys  # also sets the trust fingerprint
         self._refresh_jwks = refresh_jwks
         self._request_refresh = request_refresh
         self._on_connected = on_connected
@@ -121,6 +129,35 @@ class StreamFollower:
         self._reconnect_max_s = reconnect_max_s
         #: Id of the last entry read (or the stream head read at resync).
         self.last_id = START_ID
+
+    @property
+    def announcement_keys(self) -> Mapping[str, Ed25519PublicKey]:
+        """The Ed25519 keys whose signature makes an event trusted."""
+        return self._announcement_keys
+
+    @announcement_keys.setter
+    def announcement_keys(self, keys: Mapping[str, Ed25519PublicKey]) -> None:
+        self._announcement_keys = keys
+        raw = sorted(
+            kid.encode() + b"=" + key.public_bytes(Encoding.Raw, PublicFormat.Raw)
+            for kid, key in keys.items()
+        )
+        self._trust = b"\n".join([self.issuer.encode(), *raw])
+
+    def _parse(self, fields: StreamFields) -> Event:
+        raw = fields.get(b"jws") if b"jws" in fields else fields.get("jws")  # type: ignore[call-overload]
+        if isinstance(raw, bytes):
+            raw = raw.decode("ascii", "replace")  # a non-ASCII JWS is refused by parse_event
+        if not isinstance(raw, str):
+            return parse_event(fields, self._announcement_keys, issuer=self.issuer)
+        cache_key = (self._trust, raw)
+        event = _verified.get(cache_key)
+        if event is None:
+            event = parse_event(fields, self._announcement_keys, issuer=self.issuer)
+            if len(_verified) >= _VERIFIED_MAX:
+                _verified.clear()
+            _verified[cache_key] = event
+        return event
 
     async def run(self, *, synced: bool = False) -> None:
         """Follow until cancelled.
@@ -173,7 +210,7 @@ class StreamFollower:
         head = await self.head_id()
         await self._refresh_jwks()
         self._advance(head)
-        self._metrics.resyncs.labels(cause=cause).inc()
+        self._metrics.child(self._metrics.resyncs, cause).inc()
         logger.info(
             "resynced from JWKS (%s)",
             cause,
@@ -214,9 +251,9 @@ class StreamFollower:
     async def _handle(self, entry_id: str, fields: StreamFields) -> None:
         self._advance(entry_id)
         try:
-            event = parse_event(fields, self.announcement_keys, issuer=self.issuer)
+            event = self._parse(fields)
         except EventError as e:
-            self._metrics.events_rejected.labels(reason=e.reason).inc()
+            self._metrics.child(self._metrics.events_rejected, e.reason).inc()
             logger.warning(
                 "stream entry %s refused: %s (%s)",
                 entry_id,
@@ -249,11 +286,11 @@ class StreamFollower:
     def _record(self, event: Event, outcome: Outcome) -> None:
         extra = {"kid": event.kid, "event": event.type, "version": event.version}
         if outcome is Outcome.APPLIED:
-            self._metrics.events_applied.labels(type=event.type).inc()
+            self._metrics.child(self._metrics.events_applied, event.type).inc()
             self._on_applied(event, self._clock())
             logger.info("applied %s v%d", event.type, event.version, extra=extra)
         else:
-            self._metrics.events_ignored.labels(outcome=outcome.value).inc()
+            self._metrics.child(self._metrics.events_ignored, outcome.value).inc()
             logger.debug(
                 "ignored %s v%d (%s)", event.type, event.version, outcome.value, extra=extra
             )

@@ -209,15 +209,31 @@ def _keyherald_member(doc: Mapping[str, Any]) -> tuple[int, str, Mapping[str, st
     return version, epoch, states
 
 
+# Parsed keys by their JWK: every verifier in a process that learns a key shares one parsed
+# (immutable, thread-safe) object instead of re-parsing and re-checking the point.
+_PARSED_MAX = 256
+_parsed: dict[tuple[tuple[str, str], ...], PublicKey] = {}
+
+
 def _load(jwk: Any, kid: str, alg: Any) -> PublicKey | None:
     """Parse a public JWK from the issuer; a key we refuse never verifies, and is logged."""
     if not isinstance(jwk, Mapping):
         logger.error("key has no JWK, not usable", extra={"kid": kid})
         return None
     try:
-        key = load_public_jwk({**jwk, "kid": kid} if "kid" not in jwk else jwk)
-    except InvalidKey as e:
-        logger.error("key refused: %s (%s)", e, e.reason, extra={"kid": kid})
+        complete = {**jwk, "kid": kid} if "kid" not in jwk else jwk
+        # Every member counts (use and key_ops decide acceptance too); cheaper than JSON.
+        cache_key = tuple(
+            sorted((k, v if isinstance(v, str) else repr(v)) for k, v in complete.items())
+        )
+        key = _parsed.get(cache_key)
+        if key is None:
+            key = load_public_jwk(complete)
+            if len(_parsed) >= _PARSED_MAX:
+                _parsed.clear()
+            _parsed[cache_key] = key
+    except (InvalidKey, TypeError, ValueError) as e:
+        logger.error("key refused: %s", e, extra={"kid": kid})
         return None
     if key.kid != kid or (alg is not None and alg != key.alg):
         logger.error("key kid/alg do not match its announcement, not usable", extra={"kid": kid})

@@ -173,6 +173,8 @@ class Verifier:
         self._heartbeat_ttl_s = heartbeat_ttl_s
         self._block_ms = int(_positive("block_ms", block_ms))
         self._metrics = metrics_for(registry)
+        self._lag_gauge = self._metrics.child(self._metrics.stream_lag, issuer)
+        self._version_gauge = self._metrics.child(self._metrics.keyset_version, issuer)
         self.instance_id = new_instance_id()
         self.keyset = KeySet(issuer)
         self._rng = random.Random()
@@ -248,7 +250,7 @@ class Verifier:
             keyset=self.keyset,
             issuer=self.issuer,
             announcement_keys=load_announcement_keys(pinned),
-            refresh_jwks=lambda: self._refresh_jwks("resync"),
+            refresh_jwks=lambda: self._refresh_jwks("resync", fresh=True),
             request_refresh=self._request_refresh,
             on_connected=self._on_connected,
             on_applied=self._on_applied,
@@ -282,6 +284,8 @@ class Verifier:
         """Stop the background tasks, say goodbye in the presence index, close owned clients."""
         self._running = False
         tasks, self._tasks = self._tasks, set()
+        if self._jwks_inflight is not None:
+            tasks.add(self._jwks_inflight)  # type: ignore[arg-type]
         for task in tasks:
             task.cancel()
         # Children's CancelledError are results here; our own cancellation still propagates.
@@ -373,12 +377,17 @@ class Verifier:
         finally:
             self._refresh_requested = False
 
-    async def _refresh_jwks(self, trigger: str) -> bool:
+    async def _refresh_jwks(self, trigger: str, *, fresh: bool = False) -> bool:
         """Fetch the JWKS and adopt it; concurrent callers share one request.
 
+        :param fresh: the fetch must start after this call (a resync read the stream head
+            first, so a fetch already in flight may predate events it must cover).
         :returns: whether the key set changed.
         :raises FetchError: the fetch failed or the document is unusable.
         """
+        inflight = self._jwks_inflight
+        if fresh and inflight is not None and not inflight.done():
+            await asyncio.gather(asyncio.shield(inflight), return_exceptions=True)
         if self._jwks_inflight is None or self._jwks_inflight.done():
             self._jwks_inflight = asyncio.ensure_future(self._fetch_and_adopt(trigger))
         return await asyncio.shield(self._jwks_inflight)
@@ -387,10 +396,10 @@ class Verifier:
         try:
             response = await self._jwks.fetch_jwks()
         except FetchError:
-            self._metrics.jwks_fetches.labels(trigger=trigger, result="error").inc()
+            self._metrics.child(self._metrics.jwks_fetches, trigger, "error").inc()
             raise
         result = "not_modified" if response.not_modified else "ok"
-        self._metrics.jwks_fetches.labels(trigger=trigger, result=result).inc()
+        self._metrics.child(self._metrics.jwks_fetches, trigger, result).inc()
         now = self._clock()
         try:
             changed = self.keyset.replace_from_jwks(response.doc, now)
@@ -402,7 +411,7 @@ class Verifier:
         self._confirmed_at = now
         self._max_age_s = response.max_age_s
         if changed:
-            self._metrics.keyset_version.labels(issuer=self.issuer).set(self.keyset.version)
+            self._version_gauge.set(self.keyset.version)
             self._dirty.set()
             logger.info(
                 "key set adopted from JWKS (%s)", trigger, extra={"version": self.keyset.version}
@@ -463,8 +472,8 @@ class Verifier:
     def _on_applied(self, event: Event, now: float) -> None:
         self._last_event_ts = event.ts
         self._lag_s = max(0.0, now - event.ts)
-        self._metrics.stream_lag.labels(issuer=self.issuer).set(self._lag_s)
-        self._metrics.keyset_version.labels(issuer=self.issuer).set(event.version)
+        self._lag_gauge.set(self._lag_s)
+        self._version_gauge.set(event.version)
         self._dirty.set()
 
     # -- health and presence ---------------------------------------------------------------

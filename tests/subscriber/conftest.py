@@ -88,8 +88,10 @@ class Issuer:
         return verifier
 
 
-def issuer_app(redis: aioredis.Redis, clock: ManualClock, **settings: Any) -> Any:
-    config = IssuerSettings(issuer=ISSUER, kek=KEK, admin_token="t0ken-for-tests", **settings)  # type: ignore[arg-type]
+def issuer_app(
+    redis: aioredis.Redis, clock: ManualClock, issuer: str = ISSUER, **settings: Any
+) -> Any:
+    config = IssuerSettings(issuer=issuer, kek=KEK, admin_token="t0ken-for-tests", **settings)  # type: ignore[arg-type]
     return create_app(settings=config, redis=redis, clock=clock, run_scheduler=False)
 
 
