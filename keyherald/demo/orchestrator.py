@@ -57,8 +57,13 @@ RELAY_HEALTH = "/metrics"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-class Interrupted(Exception):
-    """Ctrl-C, SIGTERM or SIGHUP: stop every child and exit 130."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, SIGTERM or SIGHUP: stop every child and exit 130.
+
+    A ``KeyboardInterrupt`` so that asyncio re-raises it wherever the signal lands: raised from
+    a signal handler while the loop runs a callback or another task, an ``Exception`` would be
+    logged or stored there and never reach :func:`run`.
+    """
 
 
 @dataclass(frozen=True, slots=True)
@@ -369,6 +374,36 @@ def _raise_interrupted(signum: int, frame: object) -> NoReturn:
     raise Interrupted(signal.Signals(signum).name)
 
 
+async def _run_until_stopped(demo: Demo) -> DemoState:
+    """Run the demo; a stop signal cancels it through the event loop.
+
+    While the loop runs, signals are the loop's (``add_signal_handler``), not Python handlers
+    that raise: a handler raising while the orchestrator forks a child lands in an at-fork
+    hook, where the exception is printed and dropped, and the demo would run on.
+    """
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    received: list[signal.Signals] = []
+
+    def stop(sig: signal.Signals) -> None:
+        received.append(sig)
+        main.cancel()
+
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop, sig)
+    try:
+        return await demo.run()
+    except asyncio.CancelledError:
+        if received:
+            raise Interrupted(received[0].name) from None
+        raise
+    finally:
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, _raise_interrupted)
+
+
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``keyherald demo`` with no role."""
     # The orchestrator polls every half second; request lines would drown the view.
@@ -380,16 +415,17 @@ def run(args: argparse.Namespace) -> int:
     )
     supervisor = Supervisor(log_dir)
     # Ctrl-C must stop the demo even when started from a shell that set SIGINT to ignored
-    # (background jobs of non-interactive shells), so all three signals get one handler.
+    # (background jobs of non-interactive shells), so all three signals get one handler
+    # outside the event loop, and the loop's own handler inside it.
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
     code = 1
     demo = Demo(profile, args.rotations, supervisor, view)
     try:
         with view:
-            state = asyncio.run(demo.run())
+            state = asyncio.run(_run_until_stopped(demo))
         view.summary(state)
         code = 0 if state.succeeded() else 1
-    except (KeyboardInterrupt, Interrupted):
+    except KeyboardInterrupt:
         view.stopped("interrupted; stopping every process")
         code = 130
     except ChildFailed as e:

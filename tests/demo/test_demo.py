@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -127,3 +128,38 @@ def test_a_stop_signal_stops_every_process(sig: signal.Signals) -> None:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def marked(marker: str) -> list[int]:
+    """Live processes whose environment carries ``marker``."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if marker.encode() in environ.read_bytes() and alive(int(environ.parent.name)):
+                found.append(int(environ.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("started", [2, 4, 7])
+def test_sigterm_during_start_up_leaves_nothing_behind(started: int) -> None:
+    marker = f"KH_DEMO_TEST={uuid.uuid4().hex}"
+    env = demo_env() | dict([marker.split("=")])
+    with subprocess.Popen(
+        [sys.executable, "-m", "keyherald.cli", "demo", "--fast"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as proc:
+        deadline = time.monotonic() + 30
+        # Interrupt while children are still being started (some forks in flight).
+        while len(marked(marker)) < started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 130
+    deadline = time.monotonic() + 10
+    while marked(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marked(marker) == []
