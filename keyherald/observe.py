@@ -50,6 +50,7 @@ class IssuerClient:
         self._admin = {"Authorization": f"Bearer {admin_token}"} if admin_token else {}
 
     async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
         if self._own_client:
             await self._client.aclose()
 

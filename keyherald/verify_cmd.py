@@ -65,6 +65,7 @@ class Report:
     notes: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
+        """The report as a JSON-able dictionary."""
         return {k: v for k, v in self.__dict__.items()}
 
 

@@ -42,6 +42,8 @@ _DESCRIPTION = re.compile(r'error_description="([^"]*)"')
 
 @dataclass(frozen=True, slots=True)
 class PooledToken:
+    """A minted token with the kid that signed it and its expiry."""
+
     token: str
     kid: str
     exp: float
@@ -65,6 +67,7 @@ class Stats:
     valid_rejections: list[dict[str, Any]] = field(default_factory=list)
 
     def snapshot(self) -> dict[str, Any]:
+        """The counters as JSON (``GET /stats``)."""
         return {
             "minted": self.minted,
             "mint_failed": self.mint_failed,
@@ -89,6 +92,7 @@ def token_kid(token: str) -> str:
 
 
 def token_exp(token: str) -> float:
+    """The ``exp`` claim of a compact JWS (0 when absent), read without verifying."""
     parts = token.split(".")
     exp = strict_json_object(b64url_decode(parts[1])).get("exp")
     return float(exp) if isinstance(exp, int | float) else 0.0

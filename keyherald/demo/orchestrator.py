@@ -68,6 +68,8 @@ class Interrupted(KeyboardInterrupt):
 
 @dataclass(frozen=True, slots=True)
 class Ports:
+    """The 127.0.0.1 port of each child of one run."""
+
     redis: int
     issuer: int
     relay: int
@@ -78,6 +80,7 @@ class Ports:
 
     @classmethod
     def free(cls) -> "Ports":
+        """Ports nothing listens on right now."""
         return cls(*(free_port() for _ in range(7)))
 
 

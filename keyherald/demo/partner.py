@@ -67,6 +67,7 @@ class Inbox:
         self.events.append({"webhook_id": webhook_id, "received_at": time.time(), **summary})
 
     def snapshot(self) -> dict[str, Any]:
+        """The inbox as JSON (``GET /received``)."""
         return {
             "events": [{k: v for k, v in e.items() if k != "keys"} for e in self.events],
             "delivered": len(self.events),

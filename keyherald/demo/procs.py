@@ -85,9 +85,11 @@ class Child:
 
     @property
     def pid(self) -> int | None:
+        """The process id, once started."""
         return self.process.pid if self.process is not None else None
 
     def running(self) -> bool:
+        """Whether the process was started and has not exited."""
         return self.process is not None and self.process.poll() is None
 
     def log_tail(self, lines: int = 30) -> str:

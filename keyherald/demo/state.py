@@ -98,16 +98,20 @@ class DemoState:
 
     @property
     def version(self) -> int:
+        """The key-set version of the last event seen."""
         return self.events[-1].version if self.events else 0
 
     @property
     def active_kid(self) -> str | None:
+        """The issuer's active key, from the last key snapshot."""
         return next((k["kid"] for k in self.keys if k.get("state") == "active"), None)
 
     def kids_in(self, state: str) -> list[str]:
+        """The kids of the last key snapshot in ``state``."""
         return [str(k["kid"]) for k in self.keys if k.get("state") == state]
 
     def all_verifiers_hold(self, kid: str) -> bool:
+        """Whether every live verifier's heartbeat lists ``kid``."""
         return bool(self.verifiers) and all(kid in v.kids for v in self.verifiers)
 
     def update_revocation(self, now: float) -> None:
@@ -122,10 +126,12 @@ class DemoState:
 
     @property
     def valid_rejected(self) -> int:
+        """Tokens minted by a non-revoked key that a verifier refused: must stay 0."""
         return int(self.loadgen.get("valid_rejected", 0))
 
     @property
     def delivered(self) -> int:
+        """Distinct events the partner received and verified."""
         return int(self.partner.get("delivered", 0))
 
     def summary(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ def make_view(*, plain: bool, rotation_period_s: float = 20.0) -> View:
 
 
 def short(kid: str | None) -> str:
+    """A kid shortened for display."""
     return (kid or "-")[:10]
 
 
