@@ -57,6 +57,9 @@ class Stats:
     mint_failed: int = 0
     requests: int = 0
     verified: int = 0
+    #: Verified tokens whose key had stopped signing (no longer the key of the newest mint):
+    #: the grace period at work.
+    verified_old_key: int = 0
     rejected: int = 0
     valid_rejected: int = 0
     revoked_rejected: int = 0
@@ -73,6 +76,7 @@ class Stats:
             "mint_failed": self.mint_failed,
             "requests": self.requests,
             "verified": self.verified,
+            "verified_old_key": self.verified_old_key,
             "rejected": self.rejected,
             "valid_rejected": self.valid_rejected,
             "revoked_rejected": self.revoked_rejected,
@@ -198,6 +202,8 @@ class LoadGenerator:
             return
         if response.status_code == 200:
             self.stats.verified += 1
+            if self.pool and token.kid != self.pool[-1].kid:
+                self.stats.verified_old_key += 1
             self.stats.kids_verified[token.kid] += 1
             per_api["verified"] += 1
             return

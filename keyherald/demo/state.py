@@ -144,6 +144,7 @@ class DemoState:
             "events_refused": self.refused_events,
             "tokens_minted": int(self.loadgen.get("minted", 0)),
             "tokens_verified": int(self.loadgen.get("verified", 0)),
+            "tokens_verified_old_key": int(self.loadgen.get("verified_old_key", 0)),
             "rejected_revoked_key": int(self.loadgen.get("revoked_rejected", 0)),
             "valid_tokens_rejected": self.valid_rejected,
             "request_errors": int(self.loadgen.get("errors", 0)),

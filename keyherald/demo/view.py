@@ -74,7 +74,8 @@ def summary_lines(state: DemoState) -> list[str]:
         revocation += f", confirmed by heartbeats after {prop:.2f}s"
     lines = [
         f"rotations done:              {s['rotations']} (wanted {s['rotations_wanted']})",
-        f"tokens verified:             {s['tokens_verified']}",
+        f"tokens verified:             {s['tokens_verified']}"
+        f" ({s['tokens_verified_old_key']} signed by a key that had stopped signing)",
         f"valid tokens rejected:       {s['valid_tokens_rejected']}",
         f"rejected (revoked key):      {s['rejected_revoked_key']}",
         f"events published:            {s['events_published']}",

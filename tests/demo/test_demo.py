@@ -55,8 +55,9 @@ def test_short_demo_run_rotates_with_no_valid_token_rejected() -> None:
     assert "summary: OK" in out
     assert re.search(r"rotations done:\s+2 \(wanted 2\)", out)
     assert re.search(r"valid tokens rejected:\s+0$", out, re.M)
-    verified = int(re.search(r"tokens verified:\s+(\d+)", out).group(1))
+    verified, old_key = map(int, re.search(r"tokens verified:\s+(\d+) \((\d+)", out).groups())
     assert verified > 50
+    assert old_key > 0, "tokens of the previous key must keep verifying after a rotation"
     assert re.search(
         r"revocation reached 2 verifiers: out of every cache \d+ ms after the commit", out
     )
