@@ -53,6 +53,15 @@ ERROR_BACKOFF_S: Final = 1.0
 RELEASE_TIMEOUT_S: Final = 2.0
 
 
+def _raise_if_cancelling() -> None:
+    # A cancellation that lands while redis-py waits under its own timeout can come out as a
+    # (caught, retried) timeout error instead of CancelledError; without this check the loop
+    # would swallow the shutdown and run on.
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Scheduler:
     """Applies :meth:`Authority.tick` while holding the lease.
 
@@ -137,6 +146,7 @@ class Scheduler:
                     # loudly and keep going (another replica may also take over the lease).
                     logger.exception("scheduler round failed unexpectedly")
                     await asyncio.sleep(ERROR_BACKOFF_S)
+                _raise_if_cancelling()
                 await asyncio.sleep(self.tick_interval_s)
         finally:
             # Shielded and bounded: shutdown must neither skip the release nor hang on it.
