@@ -213,6 +213,7 @@ def _keyherald_member(doc: Mapping[str, Any]) -> tuple[int, str, Mapping[str, st
 # (immutable, thread-safe) object instead of re-parsing and re-checking the point.
 _PARSED_MAX = 256
 _parsed: dict[tuple[tuple[str, str], ...], PublicKey] = {}
+_by_identity: dict[int, tuple[Mapping[str, Any], PublicKey]] = {}
 
 
 def _load(jwk: Any, kid: str, alg: Any) -> PublicKey | None:
@@ -220,6 +221,26 @@ def _load(jwk: Any, kid: str, alg: Any) -> PublicKey | None:
     if not isinstance(jwk, Mapping):
         logger.error("key has no JWK, not usable", extra={"kid": kid})
         return None
+    same = _by_identity.get(id(jwk))
+    if same is not None and same[0] is jwk:
+        key = same[1]
+    else:
+        parsed = _parse(jwk, kid)
+        if parsed is None:
+            return None
+        key = parsed
+        # Followers in one process share verified events, so the very same JWK object
+        # reaches every verifier; holding it keeps its id from being reused.
+        if len(_by_identity) >= _PARSED_MAX:
+            _by_identity.clear()
+        _by_identity[id(jwk)] = (jwk, key)
+    if key.kid != kid or (alg is not None and alg != key.alg):
+        logger.error("key kid/alg do not match its announcement, not usable", extra={"kid": kid})
+        return None
+    return key
+
+
+def _parse(jwk: Mapping[str, Any], kid: str) -> PublicKey | None:
     try:
         complete = {**jwk, "kid": kid} if "kid" not in jwk else jwk
         # Every member counts (use and key_ops decide acceptance too); cheaper than JSON.
@@ -234,9 +255,6 @@ def _load(jwk: Any, kid: str, alg: Any) -> PublicKey | None:
             _parsed[cache_key] = key
     except (InvalidKey, TypeError, ValueError) as e:
         logger.error("key refused: %s", e, extra={"kid": kid})
-        return None
-    if key.kid != kid or (alg is not None and alg != key.alg):
-        logger.error("key kid/alg do not match its announcement, not usable", extra={"kid": kid})
         return None
     return key
 

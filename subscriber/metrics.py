@@ -31,6 +31,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 STATES: Final = ("live", "degraded", "stale")
 
 _lock = threading.Lock()
+_off: "Metrics | None" = None
 _by_registry: "weakref.WeakKeyDictionary[CollectorRegistry, Metrics]" = weakref.WeakKeyDictionary()
 
 
@@ -115,11 +116,14 @@ class Metrics:
 
 
 def metrics_for(registry: CollectorRegistry | None = REGISTRY) -> Metrics:
-    """The :class:`Metrics` of ``registry``, created on first use; ``None`` gives metrics in
-    a private registry nobody scrapes (metrics off)."""
-    if registry is None:
-        return Metrics(CollectorRegistry(auto_describe=False))
+    """The :class:`Metrics` of ``registry``, created on first use; ``None`` turns metrics off
+    (they go to one private registry nobody scrapes, shared by every such verifier)."""
+    global _off
     with _lock:
+        if registry is None:
+            if _off is None:
+                _off = Metrics(CollectorRegistry(auto_describe=False))
+            return _off
         metrics = _by_registry.get(registry)
         if metrics is None:
             metrics = _by_registry[registry] = Metrics(registry)

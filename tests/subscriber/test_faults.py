@@ -8,7 +8,8 @@ import redis.asyncio as aioredis
 from keyherald.redis_server import RedisServer
 from subscriber.clock import ManualClock
 from subscriber.errors import KeyNotFound
-from tests.subscriber.conftest import Issuer, eventually, running_issuer
+from subscriber.redis_keys import event_stream
+from tests.subscriber.conftest import ISSUER, Issuer, eventually, running_issuer
 
 
 @pytest.fixture
@@ -82,3 +83,14 @@ async def test_unreachable_redis_keeps_verifying_and_polls_a_rotation(
         assert verifier.verify(new_token)
         assert verifier.health().state == "degraded"
         assert verifier.metrics.value("keyherald_jwks_fetches_total", trigger="poll", result="ok")
+
+
+async def test_trimmed_stream_ends_in_a_resync_and_following_resumes(issuer: Issuer) -> None:
+    async with issuer.verifier() as verifier:
+        view = verifier.keyset.view
+        await issuer.redis.xtrim(event_stream(ISSUER), maxlen=0, approximate=False)
+        await eventually(lambda: resyncs(verifier, "stream_lost") >= 1, what="trim noticed")
+        assert verifier.keyset.view.keys == view.keys
+        assert verifier.keyset.version == view.version
+        applied = await issuer.authority.rotate()
+        await eventually(lambda: verifier.keyset.version == applied.version, what="next event")

@@ -5,6 +5,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry
 
 from subscriber.clock import ManualClock
 from subscriber.events import Event, announcement_jwk, load_announcement_keys, sign_event
@@ -27,7 +28,7 @@ class Rig:
         self.keyset = KeySet(ISSUER)
         self.doc: dict[str, Any] = {}
         self.refresh_requests: list[str] = []
-        self.metrics = metrics_for(None)
+        self.metrics = metrics_for(CollectorRegistry())
         self.follower = StreamFollower(
             redis=redis,
             stream=STREAM,
