@@ -174,11 +174,17 @@ def bootstrap(keys: Keys, new: NewKey, policy: RotationPolicy, now: float) -> Ch
     """No key signs (empty store): publish ``new`` and activate it at once."""
     if active_key(keys) is not None:
         raise IllegalTransition("a key is already active; bootstrap is for an empty key set")
-    added = add(keys, new, policy, now, activate_at=now)
-    key = replace(added.records[0], activate_at=now)
-    added = Change((key,), (_added(key),))
+    key = _published_now(keys, new, policy, now)
     swapped = _swap(keys, key, policy, now)
-    return Change(swapped.records, added.events + swapped.events)
+    return Change(swapped.records, (_added(key), *swapped.events))
+
+
+def _published_now(keys: Keys, new: NewKey, policy: RotationPolicy, now: float) -> KeyRecord:
+    """``new`` as a pending record planned to activate at once (bootstrap, revocation)."""
+    key = add(keys, new, policy, now).records[0]
+    return replace(
+        key, activate_at=now, retire_at=now + policy.rotation_period_s + policy.retire_grace_s
+    )
 
 
 def activate(keys: Keys, kid: str, policy: RotationPolicy, now: float) -> Change:
@@ -245,8 +251,7 @@ def revoke(
     if pending:
         successor = pending[0]
     elif replacement is not None:
-        added = add(remaining, replacement, policy, now, activate_at=now)
-        successor = replace(added.records[0], activate_at=now)
+        successor = _published_now(remaining, replacement, policy, now)
         events += (_added(successor),)
     else:
         raise IllegalTransition(f"key {kid!r} is active and no key could replace it")
@@ -290,11 +295,8 @@ def plan(keys: Keys, policy: RotationPolicy, now: float, *, count: int = 6) -> l
     steps: list[Transition] = []
     placeholder = 0
     while len(steps) < count:
-        upcoming = scheduled(state, policy, now)
-        if not upcoming:
-            break
-        step = upcoming[0]
-        at = max(step.at, now)
+        step = scheduled(state, policy, now)[0]
+        at = now = max(step.at, now)
         new = None
         if needs_new_key(state, step):
             placeholder += 1

@@ -23,6 +23,9 @@ async def test_bootstrap_makes_exactly_one_active_key(
     events = await stream_events(redis, authority)
     assert [(e.type, e.version) for e in events] == [("key-added", 1), ("key-activated", 2)]
     assert events[0].data["jwk"]["kid"] == keys[0].kid
+    # The announced plan is the record's plan: signs now, leaves after period + grace.
+    assert events[0].data["activate_at"] == keys[0].activated_at == events[0].ts
+    assert events[0].data["retire_at"] == keys[0].retire_at == events[0].ts + 97 * DAY_S
     assert events[1].data["previous_kid"] is None
 
 
