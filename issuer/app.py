@@ -86,7 +86,17 @@ def create_app(
     settings = settings or IssuerSettings()  # type: ignore[call-arg]  # issuer from the env
     policy = settings.policy()
     kek = kek or settings.load_kek()
-    client = redis if redis is not None else aioredis.Redis.from_url(settings.redis_url)
+    # A socket timeout, so that a stalled Redis turns into a stale JWKS or a 503 instead of
+    # requests (and the scheduler) hanging until it comes back.
+    client = (
+        redis
+        if redis is not None
+        else aioredis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_timeout_s,
+            socket_connect_timeout=settings.redis_timeout_s,
+        )
+    )
     authority = Authority(redis=client, issuer=settings.issuer, policy=policy, kek=kek, clock=clock)
     signer = Signer(authority)
 

@@ -45,6 +45,9 @@ class IssuerSettings(BaseSettings):
     lease_ttl_s: float = Field(
         10.0, gt=0, description="scheduler lease lifetime; a dead leader is replaced after it"
     )
+    redis_timeout_s: float = Field(
+        5.0, gt=0, description="socket and connect timeout of the issuer's Redis client"
+    )
 
     def policy(self) -> RotationPolicy:
         """The rotation policy.

@@ -103,3 +103,28 @@ async def test_redis_outage_serves_the_last_jwks_and_503_elsewhere(
             assert (await http.post("/admin/rotate", headers=headers)).status_code == 201
     finally:
         await client.aclose()
+
+
+async def test_stalled_redis_gives_a_stale_jwks_not_a_hang(
+    redis_server: RedisServer, clock: ManualClock
+) -> None:
+    settings = make_settings(redis_url=redis_server.url, redis_timeout_s=0.3)
+    app = create_app(settings=settings, clock=clock, run_scheduler=False)  # its own client
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://issuer.test"
+        ) as http,
+    ):
+        jwks = await http.get("/.well-known/jwks.json")
+        redis_server.pause()  # SIGSTOP: connections stay open, nothing answers
+        try:
+            async with asyncio.timeout(10):  # without a socket timeout this would hang
+                stale = await http.get("/.well-known/jwks.json")
+                down = await http.get("/admin/keys", headers=headers)
+        finally:
+            redis_server.resume()
+        assert stale.status_code == 200 and stale.content == jwks.content
+        assert down.status_code == 503
+        assert (await http.get("/admin/keys", headers=headers)).status_code == 200
