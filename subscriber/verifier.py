@@ -21,9 +21,7 @@ import contextlib
 import logging
 import math
 import os
-import random
 import socket
-import threading
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -39,11 +37,12 @@ from .errors import FetchError, InvalidKey, InvalidToken, KeyNotFound, KeyNotUsa
 from .events import Event, load_announcement_keys
 from .follower import StreamFollower, raise_if_cancelled
 from .jwk import SUPPORTED_ALGS
-from .jwks_client import JwksClient, Metadata, poll_delay_s
+from .jwks_client import JwksClient, Metadata
 from .keyset import KeySet
 from .metrics import Metrics, metrics_for
 from .presence import HeartbeatRecord, Presence, new_instance_id
 from .redis_keys import event_stream
+from .refresher import JwksRefresher
 from .verify import VerifyOptions, verify_token
 
 logger = logging.getLogger(__name__)
@@ -177,7 +176,6 @@ class Verifier:
         self._version_gauge = self._metrics.child(self._metrics.keyset_version, issuer)
         self.instance_id = new_instance_id()
         self.keyset = KeySet(issuer)
-        self._rng = random.Random()
         # Written by the event loop, read by verify() on any thread: plain attributes whose
         # single assignments are atomic.
         self._running = False
@@ -185,16 +183,11 @@ class Verifier:
         self._confirmed_at = -math.inf
         self._last_event_ts: float | None = None
         self._lag_s: float | None = None
-        self._max_age_s: float | None = None
-        # Unknown-kid refresh: single-flight and cooldown, checked from any thread.
-        self._guard = threading.Lock()
-        self._refresh_requested = False
-        self._last_request_at = -math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._jwks_inflight: asyncio.Future[bool] | None = None
         self._own_redis: aioredis.Redis | None = None
         self._own_http: httpx.AsyncClient | None = None
+        self._refresher: JwksRefresher | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -233,6 +226,16 @@ class Verifier:
         if self._http is None:
             self._http = self._own_http = httpx.AsyncClient(timeout=constants.http_timeout_s)
         self._jwks = JwksClient(self._http, self.issuer, self._jwks_url)
+        self._refresher = refresher = JwksRefresher(
+            client=self._jwks,
+            keyset=self.keyset,
+            clock=self._clock,
+            metrics=self._metrics,
+            cooldown_s=self._cooldown_s,
+            poll_bounds_s=self._poll_bounds,
+            after_adopt=self._after_adopt,
+        )
+        refresher.bind(asyncio.get_running_loop(), self._spawn)
         metadata: Metadata | None = None
         if self._pinned is None or self._jwks_url is None:
             metadata = await self._jwks.fetch_metadata()
@@ -250,8 +253,8 @@ class Verifier:
             keyset=self.keyset,
             issuer=self.issuer,
             announcement_keys=load_announcement_keys(pinned),
-            refresh_jwks=lambda: self._refresh_jwks("resync", fresh=True),
-            request_refresh=self._request_refresh,
+            refresh_jwks=lambda: refresher.refresh("resync", fresh=True),
+            request_refresh=refresher.request,
             on_connected=self._on_connected,
             on_applied=self._on_applied,
             clock=self._clock,
@@ -263,12 +266,12 @@ class Verifier:
             synced = True
         except (RedisError, OSError) as e:
             logger.warning("stream %s unreachable at start (%s), degraded", stream, e)
-            await self._refresh_jwks("bootstrap")
+            await refresher.refresh("bootstrap")
             synced = False
         self._running = True
         self._on_connected(synced)
         self._spawn(self._follower.run(synced=synced), "follower")
-        self._spawn(self._poll_loop(), "poller")
+        self._spawn(refresher.poll(self._degraded, lambda: self._live), "poller")
         if self._presence_on:
             self._presence = Presence(
                 self._redis, self.issuer, self.instance_id, self._clock, self._heartbeat_ttl_s
@@ -284,8 +287,9 @@ class Verifier:
         """Stop the background tasks, say goodbye in the presence index, close owned clients."""
         self._running = False
         tasks, self._tasks = self._tasks, set()
-        if self._jwks_inflight is not None:
-            tasks.add(self._jwks_inflight)  # type: ignore[arg-type]
+        inflight = self._refresher.unbind() if self._refresher is not None else None
+        if inflight is not None:
+            tasks.add(inflight)
         for task in tasks:
             task.cancel()
         # Children's CancelledError are results here; our own cancellation still propagates.
@@ -340,8 +344,8 @@ class Verifier:
             claims = verify_token(token, view.keys, self.options, now, view.gone)
         except KeyNotFound as e:
             self._metrics.invalid(e.reason)
-            if e.reason == "unknown_kid" and not self._live:
-                self._request_refresh("unknown_kid")
+            if e.reason == "unknown_kid" and not self._live and self._refresher is not None:
+                self._refresher.request("unknown_kid")
             raise
         except InvalidToken as e:
             self._metrics.invalid(e.reason)
@@ -351,72 +355,13 @@ class Verifier:
 
     # -- JWKS ------------------------------------------------------------------------------
 
-    def _request_refresh(self, trigger: str) -> None:
-        """Ask for a JWKS refresh in the background: single-flight, one per cooldown.
-
-        Callable from any thread. Requests inside the cooldown are dropped, not queued, and
-        never push the cooldown back, so a flood cannot delay the next refresh.
-        """
-        now = self._clock()
-        with self._guard:
-            if self._refresh_requested or now - self._last_request_at < self._cooldown_s:
-                return
-            self._refresh_requested = True
-            self._last_request_at = now
-        loop = self._loop
-        if loop is None or loop.is_closed() or not self._running:
-            self._refresh_requested = False
-            return
-        loop.call_soon_threadsafe(self._spawn, self._requested_refresh(trigger), "refresh")
-
-    async def _requested_refresh(self, trigger: str) -> None:
-        try:
-            await self._refresh_jwks(trigger)
-        except FetchError as e:
-            logger.warning("JWKS refresh (%s) failed: %s", trigger, e)
-        finally:
-            self._refresh_requested = False
-
-    async def _refresh_jwks(self, trigger: str, *, fresh: bool = False) -> bool:
-        """Fetch the JWKS and adopt it; concurrent callers share one request.
-
-        :param fresh: the fetch must start after this call (a resync read the stream head
-            first, so a fetch already in flight may predate events it must cover).
-        :returns: whether the key set changed.
-        :raises FetchError: the fetch failed or the document is unusable.
-        """
-        inflight = self._jwks_inflight
-        if fresh and inflight is not None and not inflight.done():
-            await asyncio.gather(asyncio.shield(inflight), return_exceptions=True)
-        if self._jwks_inflight is None or self._jwks_inflight.done():
-            self._jwks_inflight = asyncio.ensure_future(self._fetch_and_adopt(trigger))
-        return await asyncio.shield(self._jwks_inflight)
-
-    async def _fetch_and_adopt(self, trigger: str) -> bool:
-        try:
-            response = await self._jwks.fetch_jwks()
-        except FetchError:
-            self._metrics.child(self._metrics.jwks_fetches, trigger, "error").inc()
-            raise
-        result = "not_modified" if response.not_modified else "ok"
-        self._metrics.child(self._metrics.jwks_fetches, trigger, result).inc()
-        now = self._clock()
-        try:
-            changed = self.keyset.replace_from_jwks(response.doc, now)
-        except ValueError as e:
-            self._jwks.forget()
-            raise FetchError(f"JWKS unusable: {e}") from e
+    async def _after_adopt(self, now: float, changed: bool) -> None:
         if self._pinned is None and self.keyset.epoch != self._announce_epoch:
             await self._refresh_announcement_keys()
         self._confirmed_at = now
-        self._max_age_s = response.max_age_s
         if changed:
             self._version_gauge.set(self.keyset.version)
             self._dirty.set()
-            logger.info(
-                "key set adopted from JWKS (%s)", trigger, extra={"version": self.keyset.version}
-            )
-        return changed
 
     async def _refresh_announcement_keys(self) -> None:
         # A rebuilt key store (new epoch) comes with a new announcement key; without it every
@@ -433,20 +378,6 @@ class Verifier:
         logger.warning(
             "announcement keys reloaded for epoch %s", metadata.epoch, extra={"kids": sorted(keys)}
         )
-
-    async def _poll_loop(self) -> None:
-        while True:
-            await self._degraded.wait()
-            lo, hi = self._poll_bounds
-            await asyncio.sleep(poll_delay_s(self._max_age_s, self._rng, min_s=lo, max_s=hi))
-            if self._live:
-                continue
-            try:
-                await self._refresh_jwks("poll")
-            except FetchError as e:
-                logger.warning("JWKS poll failed: %s", e)
-            raise_if_cancelled()
-            self._publish_state()
 
     # -- follower callbacks ----------------------------------------------------------------
 
@@ -512,7 +443,7 @@ class Verifier:
             service=self._service,
             host=socket.gethostname(),
             pid=os.getpid(),
-            state=self._state(),
+            state=self._publish_state(),
             epoch=view.epoch,
             version=view.version,
             kids=dict(view.first_held),

@@ -118,7 +118,7 @@ async def test_unknown_kids_while_degraded_refresh_once_per_cooldown(issuer: Iss
             for _ in range(10_000):
                 with pytest.raises(KeyNotFound):
                     verifier.verify(with_kid(token, rng.randbytes(16).hex()))
-            await eventually(lambda: not verifier._refresh_requested, what="refresh done")
+            await eventually(lambda: not verifier._refresher.requested, what="refresh done")
             assert issuer.transport.jwks_fetches() - start == round_ + 1
             issuer.clock.advance(30.0)
         # The flood used each cooldown's refresh, and each refresh brought the real key.

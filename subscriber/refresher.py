@@ -1,0 +1,151 @@
+"""Every JWKS fetch of one verifier: shared in flight, rate-limited when a token asks for it,
+and polled on the issuer's ``max-age`` while the stream is unreachable.
+
+Three callers, three rules:
+
+- a **resync** (the follower) fetches at once, and never joins a fetch that started before it
+  read the stream head;
+- an **unknown kid while degraded** (the hot path, any thread) only *requests* a refresh:
+  at most one in flight and one per cooldown; requests inside the cooldown are dropped, never
+  queued and never push the cooldown back, so a flood of random kids cannot delay the refresh
+  a real new key needs, and ``verify()`` never waits for it;
+- the **poller** fetches every ``max-age`` (clamped, minus jitter) while degraded.
+"""
+
+import asyncio
+import logging
+import math
+import random
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+from .clock import Clock
+from .errors import FetchError
+from .follower import raise_if_cancelled
+from .jwks_client import JwksClient, poll_delay_s
+from .keyset import KeySet
+from .metrics import Metrics
+
+logger = logging.getLogger(__name__)
+
+#: Schedules a coroutine as a tracked background task (on the verifier's loop).
+Spawn = Callable[[Coroutine[Any, Any, Any], str], None]
+
+
+class JwksRefresher:
+    """Fetches the JWKS into a :class:`KeySet`.
+
+    :param after_adopt: awaited after each successful fetch with ``(now, changed)``.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: JwksClient,
+        keyset: KeySet,
+        clock: Clock,
+        metrics: Metrics,
+        cooldown_s: float,
+        poll_bounds_s: tuple[float, float],
+        after_adopt: Callable[[float, bool], Awaitable[None]],
+    ) -> None:
+        self.client = client
+        self.keyset = keyset
+        self._clock = clock
+        self._metrics = metrics
+        self._cooldown_s = cooldown_s
+        self._poll_bounds_s = poll_bounds_s
+        self._after_adopt = after_adopt
+        self._rng = random.Random()
+        self._guard = threading.Lock()
+        #: A requested refresh is scheduled or running.
+        self.requested = False
+        self._last_request_at = -math.inf
+        self._inflight: asyncio.Task[bool] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._spawn: Spawn | None = None
+        #: ``max-age`` of the last JWKS response, if it had one.
+        self.max_age_s: float | None = None
+
+    def bind(self, loop: asyncio.AbstractEventLoop, spawn: Spawn) -> None:
+        """Where requested refreshes run (the verifier's loop and task set)."""
+        self._loop, self._spawn = loop, spawn
+
+    def unbind(self) -> "asyncio.Task[bool] | None":
+        """Stop accepting requests; returns the fetch still in flight, for the caller to end."""
+        self._loop = self._spawn = None
+        return self._inflight
+
+    def request(self, trigger: str) -> None:
+        """Ask for a refresh in the background. Callable from any thread; never blocks."""
+        now = self._clock()
+        with self._guard:
+            if self.requested or now - self._last_request_at < self._cooldown_s:
+                return
+            self.requested = True
+            self._last_request_at = now
+        loop, spawn = self._loop, self._spawn
+        if loop is None or spawn is None or loop.is_closed():
+            self.requested = False
+            return
+        loop.call_soon_threadsafe(spawn, self._requested(trigger), "refresh")
+
+    async def _requested(self, trigger: str) -> None:
+        try:
+            await self.refresh(trigger)
+        except FetchError as e:
+            logger.warning("JWKS refresh (%s) failed: %s", trigger, e)
+        finally:
+            self.requested = False
+
+    async def refresh(self, trigger: str, *, fresh: bool = False) -> bool:
+        """Fetch the JWKS and adopt it; concurrent callers share one request.
+
+        :param fresh: the fetch must start after this call (a resync read the stream head
+            first, so a fetch already in flight may predate events it must cover).
+        :returns: whether the key set changed.
+        :raises FetchError: the fetch failed or the document is unusable.
+        """
+        inflight = self._inflight
+        if fresh and inflight is not None and not inflight.done():
+            await asyncio.gather(asyncio.shield(inflight), return_exceptions=True)
+        if self._inflight is None or self._inflight.done():
+            self._inflight = asyncio.ensure_future(self._fetch_and_adopt(trigger))
+        return await asyncio.shield(self._inflight)
+
+    async def _fetch_and_adopt(self, trigger: str) -> bool:
+        try:
+            response = await self.client.fetch_jwks()
+        except FetchError:
+            self._metrics.child(self._metrics.jwks_fetches, trigger, "error").inc()
+            raise
+        result = "not_modified" if response.not_modified else "ok"
+        self._metrics.child(self._metrics.jwks_fetches, trigger, result).inc()
+        now = self._clock()
+        try:
+            changed = self.keyset.replace_from_jwks(response.doc, now)
+        except ValueError as e:
+            self.client.forget()
+            raise FetchError(f"JWKS unusable: {e}") from e
+        self.max_age_s = response.max_age_s
+        await self._after_adopt(now, changed)
+        if changed:
+            logger.info(
+                "key set adopted from JWKS (%s)", trigger, extra={"version": self.keyset.version}
+            )
+        return changed
+
+    async def poll(self, degraded: asyncio.Event, is_live: Callable[[], bool]) -> None:
+        """Poll while ``degraded`` is set, every ``max-age`` (clamped, minus jitter)."""
+        lo, hi = self._poll_bounds_s
+        while True:
+            await degraded.wait()
+            await asyncio.sleep(poll_delay_s(self.max_age_s, self._rng, min_s=lo, max_s=hi))
+            if is_live():
+                continue
+            try:
+                await self.refresh("poll")
+            except FetchError as e:
+                logger.warning("JWKS poll failed: %s", e)
+            raise_if_cancelled()
