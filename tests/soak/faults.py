@@ -15,7 +15,6 @@ from subscriber.redis_keys import event_stream
 
 from .harness import (
     RELAY_READY_PATH,
-    WORKAROUNDS,
     Cluster,
     EventRecord,
     SoakTimeout,
@@ -23,12 +22,6 @@ from .harness import (
     wait_for,
 )
 from .loadgen import LoadGenerator
-
-#: relay/consumer.py ``StreamConsumer.run`` lets the ``UNBLOCKED the stream key no longer
-#: exists`` error that a FLUSHALL gives a blocked XREADGROUP escape (only ``NOGROUP`` is
-#: handled): the consumer task dies and the relay never reads the stream again. Until that is
-#: fixed the soak restarts the relay after the flush, as an operator would, and says so.
-RESTART_RELAY_AFTER_FLUSH = WORKAROUNDS
 
 
 @dataclass
@@ -121,12 +114,6 @@ class Faults:
         async with self.c.redis_client() as client:
             await client.flushall()
         record.ended_at = time.time()
-        if RESTART_RELAY_AFTER_FLUSH:
-            # Workaround, see RESTART_RELAY_AFTER_FLUSH.
-            record.notes["workaround"] = "relay restarted after the flush"
-            self.c.procs["relay"].kill()
-            self.c.procs["relay"].start()
-            await self.c.procs["relay"].wait_ready(RELAY_READY_PATH, 30.0)
         # The relay's partner list went with the data; the operator registers the partner
         # again and replays the new key store's history to it.
         await wait_for("partner re-registered", self._reregister, self.t.settle_timeout_s)

@@ -45,11 +45,6 @@ poll_s = 0.05
 RELAY_READY_PATH = "/metrics"
 
 
-#: ``KEYHERALD_SOAK_NO_WORKAROUNDS=1`` turns off the soak's workarounds of known component gaps
-#: (``faults.RESTART_RELAY_AFTER_FLUSH``), to check a fix.
-WORKAROUNDS = os.environ.get("KEYHERALD_SOAK_NO_WORKAROUNDS", "") in ("", "0")
-
-
 class SoakTimeout(AssertionError):
     """A condition the soak waits for did not hold before its deadline."""
 

@@ -12,7 +12,7 @@ Classification of refused tokens (all were unexpired when sent, see ``loadgen.py
 import math
 from typing import Any
 
-from .faults import RESTART_RELAY_AFTER_FLUSH, Faults
+from .faults import Faults
 from .harness import Cluster, EventRecord
 from .loadgen import LoadGenerator, Rejection
 
@@ -283,19 +283,10 @@ def build(
         "deliveries": deliveries(cluster, faults),
         "stream": stream_integrity(cluster),
         "faults": [r.as_dict() for r in faults.records],
-        "workarounds": workarounds(),
         "event_log": [
             [e.epoch[:8], e.version, e.type, e.kid[:12], round(e.ts, 3)] for e in cluster.events
         ],
     }
-
-
-def workarounds() -> list[str]:
-    """Component gaps the soak works around in this run (see harness.py and faults.py)."""
-    out = []
-    if RESTART_RELAY_AFTER_FLUSH:
-        out.append("relay restarted after the flush: its consumer task dies on UNBLOCKED")
-    return out
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -317,6 +308,5 @@ def summary(report: dict[str, Any]) -> str:
         f"{len(d['lost_in_flush'])}), duplicates {d['duplicates']}",
         "faults: "
         + ", ".join(f"{f['name']} (settled {f['settle_s']} s)" for f in report["faults"]),
-        *(f"workaround: {w}" for w in report["workarounds"]),
     ]
     return "\n".join(lines)
