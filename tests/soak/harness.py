@@ -49,6 +49,14 @@ class SoakTimeout(AssertionError):
     """A condition the soak waits for did not hold before its deadline."""
 
 
+def _raise_if_cancelled(error: BaseException) -> None:
+    """redis-py can turn a cancellation that lands mid-read into a ``ConnectionError``; a loop
+    that swallows it would never stop (and a teardown awaiting it would hang)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from error
+
+
 async def wait_for(
     what: str, check: Callable[[], Awaitable[bool]], timeout_s: float, interval_s: float = poll_s
 ) -> float:
@@ -59,9 +67,11 @@ async def wait_for(
     started = time.monotonic()
     deadline = started + timeout_s
     while True:
-        with contextlib.suppress(httpx.HTTPError, RedisError, OSError):
+        try:
             if await check():
                 return time.monotonic() - started
+        except (httpx.HTTPError, RedisError, OSError) as e:
+            _raise_if_cancelled(e)
         if time.monotonic() > deadline:
             raise SoakTimeout(f"timed out after {timeout_s:g}s waiting for {what}")
         await asyncio.sleep(interval_s)
@@ -343,12 +353,14 @@ class Cluster:
         self.ready_at = time.time()
 
     async def close(self) -> None:
-        """Stop everything; safe after a partial start or a failure."""
-        for task in (self._tail_task, self._state_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        """Stop everything; safe after a partial start or a failure, and bounded in time."""
+        tasks = [t for t in (self._tail_task, self._state_task) if t is not None]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=5.0)
+            for task in stuck:
+                logger.error("soak task %s did not stop", task.get_name())
         await self.http.aclose()
         results = await asyncio.gather(
             *(asyncio.to_thread(proc.stop) for proc in self.procs.values()),
@@ -452,7 +464,8 @@ class Cluster:
                     if keys is None:
                         keys = await self._announcement_keys()
                     reply: Any = await client.xread({stream: last_id}, count=100, block=300)
-                except (RedisError, OSError, httpx.HTTPError):
+                except (RedisError, OSError, httpx.HTTPError) as e:
+                    _raise_if_cancelled(e)
                     await asyncio.sleep(0.05)
                     continue
                 for _, entries in reply or []:
