@@ -343,7 +343,12 @@ class Demo:
         state.revocation = Revocation(kid=active, requested_at=time.time())
         state.note(f"emergency revocation of the active key {active[:12]}")
         started = time.monotonic()
-        await issuer.revoke(active)
+        try:
+            await issuer.revoke(active)
+        except IssuerUnavailable as e:
+            state.note(f"revocation failed, retrying: {e}")
+            state.revocation = None
+            return
         self._timers = [
             asyncio.create_task(self._time_cache_drop(http, name, port, active, started))
             for name, port in (("api-a", self.ports.api_a), ("api-b", self.ports.api_b))
