@@ -97,7 +97,14 @@ def create_app(
             socket_connect_timeout=settings.redis_timeout_s,
         )
     )
-    authority = Authority(redis=client, issuer=settings.issuer, policy=policy, kek=kek, clock=clock)
+    authority = Authority(
+        redis=client,
+        issuer=settings.issuer,
+        policy=policy,
+        kek=kek,
+        clock=clock,
+        gate=settings.gate(),
+    )
     signer = Signer(authority)
 
     app = FastAPI(
@@ -209,6 +216,16 @@ def _admin_router(authority: Authority, signer: Signer, token: str | None) -> AP
     @admin.post("/rotate", summary="Publish a new pending key now", status_code=201)
     async def rotate() -> ChangeView:
         return ChangeView.of(await authority.rotate())
+
+    @admin.get(
+        "/keys/{kid}/readiness",
+        responses={404: _KID_ERRORS[404]},
+        summary="Which live verifiers hold the key, and since when",
+    )
+    async def readiness(kid: KidPath) -> dict[str, Any]:
+        ready = await authority.readiness(kid)
+        held = kid in await authority.held_activations()
+        return {**ready.to_dict(), "gate": authority.gate.mode, "activation_held": held}
 
     @admin.post(
         "/keys/{kid}/activate",

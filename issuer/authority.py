@@ -36,11 +36,19 @@ from subscriber.clock import Clock, system_clock
 from subscriber.events import Event, announcement_jwk, sign_event
 
 from . import keygen, lifecycle
-from .errors import IllegalTransition, VersionConflict
+from .errors import IllegalTransition, UnknownKey, VersionConflict
 from .jwks import JwksDocument, jwks_uri, render_jwks
 from .kek import Kek
 from .lifecycle import Change, NewKey, Transition
 from .policy import RotationPolicy
+from .readiness import (
+    DEFAULT_GATE,
+    GATE_CONFIRMED,
+    ActivationGate,
+    GateWatch,
+    Readiness,
+    read_readiness,
+)
 from .records import ACTIVE, PENDING, KeyRecord, chronological, forgettable
 from .store import KeyStore, Snapshot
 
@@ -74,6 +82,7 @@ class Authority:
     :param redis: an asyncio client the caller owns (either ``decode_responses`` setting).
     :param issuer: the ``iss`` value and public base URL.
     :param kek: seals private keys at rest.
+    :param gate: when a due activation may go ahead (default: at the planned time).
     """
 
     def __init__(
@@ -84,8 +93,11 @@ class Authority:
         policy: RotationPolicy,
         kek: Kek,
         clock: Clock = system_clock,
+        gate: ActivationGate = DEFAULT_GATE,
     ) -> None:
         self.redis = redis
+        self.gate = gate
+        self._gate_watch = GateWatch(gate)
         self.issuer = issuer
         self.policy = policy
         self.kek = kek
@@ -252,16 +264,46 @@ class Authority:
         :param fence: the scheduler's fencing token; a stale one raises
             :class:`~issuer.errors.LeaseLost` and nothing is written.
         """
+        held = await self.held_activations()
+
+        def build(snap: Snapshot, now: float) -> Change | None:
+            return self._due_change(snap, now, held)
+
         applied: list[Applied] = []
         for _ in range(MAX_TRANSITIONS_PER_TICK):
-            result = await self._apply(self._due_change, fence=fence)
+            result = await self._apply(build, fence=fence)
             if result is None:
                 break
             applied.append(result)
         return applied
 
-    def _due_change(self, snap: Snapshot, now: float) -> Change | None:
-        transition = lifecycle.due(snap.keys, self.policy, now)
+    async def readiness(self, kid: str) -> Readiness:
+        """Which live verifiers hold ``kid`` (from their heartbeats), and since when.
+
+        :raises UnknownKey: no such key.
+        """
+        snap = await self.snapshot()
+        if kid not in snap.keys:
+            raise UnknownKey(kid)
+        return await read_readiness(self.redis, self.issuer, kid, self.clock())
+
+    async def held_activations(self) -> frozenset[str]:
+        """Kids whose activation is due but held back by the ``confirmed`` gate."""
+        if self.gate.mode != GATE_CONFIRMED:
+            return frozenset()
+        snap = await self.snapshot()
+        now = self.clock()
+        due = [
+            (step.kid, step.at)
+            for step in lifecycle.scheduled(snap.keys, self.policy, now)
+            if step.at <= now and step.action == lifecycle.ACTIVATE and step.kid is not None
+        ]
+        return await self._gate_watch.held(self.redis, self.issuer, due, now)
+
+    def _due_change(
+        self, snap: Snapshot, now: float, held: frozenset[str] = frozenset()
+    ) -> Change | None:
+        transition = lifecycle.due(snap.keys, self.policy, now, held=held)
         if transition is None:
             return None
         new = self._new_key() if lifecycle.needs_new_key(snap.keys, transition) else None

@@ -14,7 +14,7 @@ one (at once; the active key is replaced at once). Each builder returns a :class
 records to write and the events to announce, in order. The caller assigns versions and signs.
 """
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
@@ -99,10 +99,22 @@ def scheduled(keys: Keys, policy: RotationPolicy, now: float) -> list[Transition
     return found
 
 
-def due(keys: Keys, policy: RotationPolicy, now: float) -> Transition | None:
-    """The first transition due at ``now``, or ``None``. Apply it, then ask again."""
-    first = next(iter(scheduled(keys, policy, now)), None)
-    return first if first is not None and first.at <= now else None
+def due(
+    keys: Keys, policy: RotationPolicy, now: float, *, held: Collection[str] = ()
+) -> Transition | None:
+    """The first transition due at ``now``, or ``None``. Apply it, then ask again.
+
+    :param held: kids whose activation is held back (the ``confirmed`` activation gate);
+        other transitions still proceed. Holding an activation never shortens a grace: the
+        previous key's retirement is counted from the moment the activation does happen.
+    """
+    for transition in scheduled(keys, policy, now):
+        if transition.at > now:
+            return None
+        if transition.action == ACTIVATE and transition.kid in held:
+            continue
+        return transition
+    return None
 
 
 def next_at(keys: Keys, policy: RotationPolicy, now: float) -> float:

@@ -7,6 +7,7 @@ when the maximum wait runs out. The decision is a pure function of the heartbeat
 gate settings and ``now``; :func:`read_readiness` is the only part that touches Redis.
 """
 
+import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -14,6 +15,8 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 
 from subscriber.presence import live_verifiers
+
+logger = logging.getLogger(__name__)
 
 GATE_TIME: Final = "time"
 GATE_CONFIRMED: Final = "confirmed"
@@ -97,6 +100,47 @@ async def read_readiness(redis: aioredis.Redis, issuer: str, kid: str, now: floa
 
 
 @dataclass(frozen=True, slots=True)
+class ActivationGate:
+    """When a due activation may go ahead.
+
+    :param mode: ``time`` activates at the planned time; ``confirmed`` also waits until every
+        live verifier holds the key.
+    :param max_wait_s: how long ``confirmed`` waits past the planned time.
+    :param on_timeout: past ``max_wait_s``, ``activate`` anyway (with a warning) or ``wait``
+        (and alert) until the verifiers catch up or an operator acts.
+    :raises ValueError: an unknown mode or timeout action, or a negative wait.
+    """
+
+    mode: str = GATE_TIME
+    max_wait_s: float = 3_600.0
+    on_timeout: str = ON_TIMEOUT_ACTIVATE
+
+    def __post_init__(self) -> None:
+        if self.mode not in GATES:
+            raise ValueError(f"activation gate must be one of {GATES}, the input is {self.mode!r}")
+        if self.on_timeout not in ON_TIMEOUT:
+            raise ValueError(
+                f"gate timeout action must be one of {ON_TIMEOUT}, the input is {self.on_timeout!r}"
+            )
+        if self.max_wait_s < 0:
+            raise ValueError(f"gate max wait must not be negative, the input is {self.max_wait_s}")
+
+    def decide(self, ready: "Readiness | None", *, due_at: float, now: float) -> "GateDecision":
+        """:func:`gate_decision` with this gate's settings."""
+        return gate_decision(
+            self.mode,
+            ready,
+            due_at=due_at,
+            now=now,
+            max_wait_s=self.max_wait_s,
+            on_timeout=self.on_timeout,
+        )
+
+
+DEFAULT_GATE: Final = ActivationGate()
+
+
+@dataclass(frozen=True, slots=True)
 class GateDecision:
     """Whether a due activation goes ahead now, and whether that deserves a warning."""
 
@@ -133,3 +177,52 @@ def gate_decision(
     if on_timeout == ON_TIMEOUT_ACTIVATE:
         return GateDecision(activate=True, forced=True)
     return GateDecision(activate=False, overdue=True)
+
+
+class GateWatch:
+    """Applies an :class:`ActivationGate` to the activations due now, and tells the operator.
+
+    Each kid's situation (waiting, forced, overdue) is logged once when it changes, not on every
+    scheduler tick.
+    """
+
+    def __init__(self, gate: ActivationGate) -> None:
+        self.gate = gate
+        self._noted: dict[str, str] = {}
+
+    async def held(
+        self,
+        redis: aioredis.Redis,
+        issuer: str,
+        due: Iterable[tuple[str, float]],
+        now: float,
+    ) -> frozenset[str]:
+        """Kids among ``due`` ((kid, planned time) pairs) whose activation must wait."""
+        held: set[str] = set()
+        for kid, due_at in due:
+            ready = await read_readiness(redis, issuer, kid, now)
+            decision = self.gate.decide(ready, due_at=due_at, now=now)
+            self._note(kid, decision, ready, now - due_at)
+            if not decision.activate:
+                held.add(kid)
+        return frozenset(held)
+
+    def _note(self, kid: str, decision: GateDecision, ready: Readiness, waited_s: float) -> None:
+        if decision.forced:
+            kind, level = "forced", logging.WARNING
+            text = "activating %s although verifiers %s do not hold it (waited %.0f s)"
+        elif decision.overdue:
+            kind, level = "overdue", logging.ERROR
+            text = "activation of %s is overdue: verifiers %s do not hold it (waited %.0f s)"
+        elif not decision.activate:
+            kind, level = "waiting", logging.INFO
+            text = "activation of %s waits for verifiers %s (waited %.0f s)"
+        else:
+            self._noted.pop(kid, None)
+            return
+        if self._noted.get(kid) == kind:
+            return
+        self._noted[kid] = kind
+        lagging = ", ".join(ready.lagging)
+        fields = {"kid": kid, "lagging": list(ready.lagging), "gate": kind}
+        logger.log(level, text, kid, lagging, waited_s, extra=fields)

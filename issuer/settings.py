@@ -4,12 +4,15 @@ Every duration is in seconds, so a demo can rotate every few seconds. In tests, 
 directly: ``IssuerSettings(issuer="http://issuer.test", kek=..., admin_token=...)``.
 """
 
+from typing import Literal
+
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 from .kek import Kek
 from .policy import DAY_S, RotationPolicy
+from .readiness import ActivationGate
 
 
 class IssuerSettings(BaseSettings):
@@ -48,6 +51,19 @@ class IssuerSettings(BaseSettings):
     redis_timeout_s: float = Field(
         5.0, gt=0, description="socket and connect timeout of the issuer's Redis client"
     )
+    activation_gate: Literal["time", "confirmed"] = Field(
+        "time",
+        description="`time`: a key activates at its planned time; `confirmed`: also only once "
+        "every live verifier holds it (from their heartbeats)",
+    )
+    gate_max_wait_s: float = Field(
+        3_600.0, ge=0, description="how long the confirmed gate waits past the planned time"
+    )
+    gate_on_timeout: Literal["activate", "wait"] = Field(
+        "activate",
+        description="past the max wait: `activate` anyway (logged as a warning) or `wait` "
+        "(logged as an error) until the verifiers catch up",
+    )
 
     def policy(self) -> RotationPolicy:
         """The rotation policy.
@@ -62,6 +78,14 @@ class IssuerSettings(BaseSettings):
             max_token_ttl_s=self.max_token_ttl_s,
             jwks_max_age_s=self.jwks_max_age_s,
             clock_skew_s=self.clock_skew_s,
+        )
+
+    def gate(self) -> ActivationGate:
+        """The activation gate."""
+        return ActivationGate(
+            mode=self.activation_gate,
+            max_wait_s=self.gate_max_wait_s,
+            on_timeout=self.gate_on_timeout,
         )
 
     def load_kek(self) -> Kek:
