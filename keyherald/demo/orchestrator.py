@@ -445,7 +445,8 @@ def run(args: argparse.Namespace) -> int:
         supervisor.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if code == 0 and not args.keep_logs:
+    # Logs are kept when they may explain something: a failed run, or on request.
+    if code in (0, 130) and not args.keep_logs:
         shutil.rmtree(log_dir, ignore_errors=True)
     else:
         print(f"logs: {log_dir}", flush=True)
