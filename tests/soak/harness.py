@@ -110,6 +110,9 @@ class Timing:
     delivery_timeout_s: float = 2.0
     #: Load: concurrent mint-and-verify loops.
     load_loops: int = 2
+    #: The issuer's activation gate (``time`` or ``confirmed``) and its maximum wait.
+    activation_gate: str = "time"
+    gate_max_wait_s: float = 60.0
 
     def issuer_env(self) -> dict[str, str]:
         return {
@@ -122,6 +125,8 @@ class Timing:
             "KEYHERALD_CLOCK_SKEW_S": str(self.clock_skew_s),
             "KEYHERALD_TICK_INTERVAL_S": str(self.tick_interval_s),
             "KEYHERALD_LEASE_TTL_S": str(self.lease_ttl_s),
+            "KEYHERALD_ACTIVATION_GATE": self.activation_gate,
+            "KEYHERALD_GATE_MAX_WAIT_S": str(self.gate_max_wait_s),
         }
 
     def relay_env(self) -> dict[str, str]:

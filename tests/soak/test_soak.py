@@ -8,7 +8,6 @@ as JSON to ``$KEYHERALD_SOAK_REPORT`` or, by default, the test's tmp dir.
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from keyherald.redis_server import find_redis_server
 
 from . import report
 from .faults import Faults
-from .harness import LONG, QUICK, Cluster, Timing
+from .harness import LONG, QUICK, Cluster
 from .loadgen import LoadGenerator
 
 #: One cycle, in the issue's order.
@@ -55,17 +54,6 @@ async def run_soak(cluster: Cluster) -> dict[str, Any]:
         await load.stop()
     await cluster.settle("the end of the load")
     return report.build(cluster, load, faults, started_at, time.time())
-
-
-@pytest.fixture
-async def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
-    """A cluster with the test's timing; every process is stopped afterwards, pass or fail."""
-    timing: Timing = request.param
-    c = Cluster(timing, tmp_path)
-    try:
-        yield c
-    finally:
-        await c.close()
 
 
 def publish(result: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Path:
