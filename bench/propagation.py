@@ -242,8 +242,12 @@ def measure(fleet: Fleet, issuer: IssuerThread, n: int, rounds: int, *, raw: boo
         waits = shares if raw else [applied.version if share else None for share in shares]
         for reply in fleet.ask("await_raw" if raw else "await_version", waits):
             latencies.extend(reply)
-        # Withdraw the key again, so every round adds one pending key to the same key set.
-        issuer.call(authority.retire(applied.events[-1].kid))
+        # Withdraw the key again, so every round adds one pending key to the same key set,
+        # and let that event settle everywhere: the next round must not queue behind it.
+        retired = issuer.call(authority.retire(applied.events[-1].kid))
+        if not raw:
+            fleet.ask("await_version", [retired.version if share else None for share in shares])
+        time.sleep(0.02 + n * 0.0005)
     fleet.ask("reset", [True if share else None for share in shares])
     return latencies
 

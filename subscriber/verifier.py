@@ -102,7 +102,11 @@ class Verifier:
     :param max_poll_interval_s: upper bound of the JWKS poll interval.
     :param presence: write heartbeat records (``docs/protocol.md``).
     :param service: a service name for the heartbeat record.
+    :param heartbeat_interval_s: how often the heartbeat is refreshed (and on every change).
+    :param heartbeat_ttl_s: how long one heartbeat keeps this instance listed.
+    :param block_ms: ``XREAD BLOCK``; lowered to half the Redis client's socket timeout.
     :param registry: the Prometheus registry for metrics; ``None`` turns them off.
+    :raises ValueError: a setting that cannot work, named with its value.
     """
 
     def __init__(
