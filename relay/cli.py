@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 import uvicorn
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
 from subscriber.constants import http_timeout_s
@@ -25,6 +26,7 @@ from subscriber.jwks_client import JwksClient
 
 from . import constants
 from .api import create_app
+from .consumer import KeyRefresher
 from .egress import EgressPolicy
 from .errors import ConfigError
 from .keysource import JwksKeySource
@@ -61,7 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_relay(
-    settings: RelaySettings, redis: aioredis.Redis, keys: JwksKeySource, announce: dict[str, object]
+    settings: RelaySettings,
+    redis: aioredis.Redis,
+    keys: JwksKeySource,
+    announce: dict[str, object],
+    refresh_announce_keys: KeyRefresher | None = None,
 ) -> Relay:
     """A :class:`Relay` configured from ``settings``.
 
@@ -98,6 +104,7 @@ def build_relay(
         block_ms=settings.block_ms,
         idle_before_claim_s=settings.idle_before_claim_s,
         max_attempts=settings.max_attempts,
+        refresh_announce_keys=refresh_announce_keys,
     )
 
 
@@ -139,7 +146,13 @@ async def serve(settings: RelaySettings, host: str, port: int) -> None:
             announce = load_announcement_keys(await _announcement_jwks(settings, jwks))
             if not announce:
                 raise ConfigError("the issuer publishes no announcement keys")
-            relay = build_relay(settings, redis, JwksKeySource(jwks), dict(announce))
+
+            async def refresh() -> Mapping[str, Ed25519PublicKey]:
+                return load_announcement_keys((await jwks.fetch_metadata()).announcement_keys)
+
+            # Pinned keys are the operator's decision; only metadata-sourced ones are refetched.
+            refresher = None if settings.announcement_keys else refresh
+            relay = build_relay(settings, redis, JwksKeySource(jwks), dict(announce), refresher)
             app = create_app(relay, settings.admin_token.get_secret_value())
             config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off")
             async with relay:

@@ -34,3 +34,7 @@ attempts_kept: Final = 1_000
 dead_letters_kept: Final = 10_000
 #: How long ``keyherald relay`` waits at start for the issuer metadata (announcement keys).
 metadata_wait_s: Final = 60.0
+#: An event signed by an unknown announcement key makes the relay refetch the issuer metadata
+#: (an issuer that lost its store may have a new one) at most once per this interval, so
+#: whoever can write to the stream cannot turn forged entries into a flood of fetches.
+announce_refresh_cooldown_s: Final = 10.0

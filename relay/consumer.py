@@ -17,6 +17,7 @@ start of the stream (the partners' delivered marks keep that from sending anythi
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
@@ -24,7 +25,7 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from redis.exceptions import ResponseError
 
-from subscriber.errors import EventError
+from subscriber.errors import EventError, KeyheraldError
 from subscriber.events import Event, parse_event
 from subscriber.redis_keys import event_stream
 
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[Event, str, str, str], Awaitable[object]]
 #: One stream entry as redis-py returns it.
 Entry = tuple[bytes, Mapping[bytes, bytes]]
+#: Fetches the announcement keys the issuer publishes now (kid -> key); raises a
+#: :class:`~subscriber.errors.KeyheraldError` (``FetchError``, ``InvalidKey``) when it cannot.
+KeyRefresher = Callable[[], Awaitable[Mapping[str, Ed25519PublicKey]]]
 
 
 def _cancelling() -> bool:
@@ -52,6 +56,8 @@ class StreamConsumer:
     :param handler: called with each verified event; must acknowledge the entry.
     :param consumer: this replica's consumer name; keep it across restarts so pending
         entries are found again.
+    :param refresh_keys: refetches the issuer's announcement keys when an entry is signed by
+        an unknown one (at most once per ``refresh_cooldown_s``); ``None`` with pinned keys.
     """
 
     def __init__(
@@ -68,6 +74,8 @@ class StreamConsumer:
         max_attempts: int = constants.max_entry_attempts,
         retry_interval_s: float = constants.poll_interval_s,
         metrics: RelayMetrics | None = None,
+        refresh_keys: KeyRefresher | None = None,
+        refresh_cooldown_s: float = constants.announce_refresh_cooldown_s,
     ) -> None:
         if max_attempts < 1:
             raise ValueError(f'max_attempts must be >= 1, the input is "{max_attempts}"')
@@ -89,6 +97,9 @@ class StreamConsumer:
         self._dead = DeliveryStore(redis, issuer)
         self.metrics = metrics or RelayMetrics()
         self._retry_own = True
+        self._refresh_keys = refresh_keys
+        self._refresh_cooldown_s = refresh_cooldown_s
+        self._refreshed_at: float | None = None
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) if missing; an existing group is kept."""
@@ -211,7 +222,12 @@ class StreamConsumer:
             await self._dead_letter(entry_id, fields, "too_many_attempts")
             return
         try:
-            event = parse_event(fields, self._keys, issuer=self.issuer)
+            try:
+                event = parse_event(fields, self._keys, issuer=self.issuer)
+            except EventError as e:
+                if e.reason != "forged_event" or not await self._new_announcement_keys():
+                    raise
+                event = parse_event(fields, self._keys, issuer=self.issuer)
         except EventError as e:
             # Deterministic: it would fail the same way on every retry.
             await self._dead_letter(entry_id, fields, e.reason)
@@ -230,6 +246,33 @@ class StreamConsumer:
             await asyncio.sleep(self._retry_interval_s)
             return
         self.metrics.events.labels("fanned_out").inc()
+
+    async def _new_announcement_keys(self) -> bool:
+        """Refetch the issuer's announcement keys; ``True`` if one we did not trust appeared.
+
+        New keys are added to the trusted mapping in place (the admin API's replay reads the
+        same mapping); keys already trusted stay, so older entries still verify.
+        """
+        now = time.monotonic()
+        if self._refresh_keys is None or (
+            self._refreshed_at is not None and now - self._refreshed_at < self._refresh_cooldown_s
+        ):
+            return False
+        self._refreshed_at = now
+        try:
+            fetched = await self._refresh_keys()
+        except KeyheraldError as e:  # metadata unreachable or unusable: keep the keys we have
+            logger.warning("could not refetch the announcement keys: %s", e)
+            return False
+        new = {kid: key for kid, key in fetched.items() if kid not in self._keys}
+        if not new:
+            return False
+        logger.warning("trusting new announcement key(s) %s", ", ".join(sorted(new)))
+        if isinstance(self._keys, dict):
+            self._keys.update(new)
+        else:
+            self._keys = {**self._keys, **new}
+        return True
 
     async def _dead_letter(self, entry_id: str, fields: Any, reason: str) -> None:
         logger.warning("stream entry dead-lettered entry=%s reason=%s", entry_id, reason)

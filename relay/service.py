@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from subscriber.clock import Clock, system_clock
 
 from . import constants
-from .consumer import StreamConsumer
+from .consumer import KeyRefresher, StreamConsumer
 from .delivery import Deliverer
 from .egress import EgressPolicy, Resolver, new_client, system_resolver
 from .keysource import KeySource
@@ -46,6 +46,8 @@ class Relay:
     :param keys: where the current key set for payloads comes from.
     :param consumer: this replica's consumer-group name; reuse it after a restart so the
         replica finds its own pending entries first.
+    :param refresh_announce_keys: refetches the issuer's announcement keys (see
+        :class:`~relay.consumer.StreamConsumer`); ``None`` when they are pinned.
     :param http: client for partner requests; one from :func:`relay.egress.new_client` (owned
         and closed by the relay) when not given.
     """
@@ -69,6 +71,7 @@ class Relay:
         metrics: RelayMetrics | None = None,
         clock: Clock = system_clock,
         resolver: Resolver = system_resolver,
+        refresh_announce_keys: KeyRefresher | None = None,
     ) -> None:
         if idle_before_claim_s <= policy.deadline_s:
             raise ValueError(
@@ -108,6 +111,7 @@ class Relay:
             max_attempts=max_attempts,
             retry_interval_s=policy.poll_interval_s,
             metrics=self.metrics,
+            refresh_keys=refresh_announce_keys,
         )
         self.redis = redis
         self._tasks: list[asyncio.Task[None]] = []

@@ -193,3 +193,51 @@ async def test_an_unexpected_redis_error_stops_the_relay_visibly(redis, make_rel
                 await relay.wait()
         assert "relay task relay-consumer stopped" in caplog.text
         await redis.delete(relay.consumer.stream)
+
+
+async def test_an_event_under_a_new_announcement_key_is_delivered_after_a_refetch(
+    redis, issuer, make_relay
+) -> None:
+    """An issuer that lost its store signs with a new announcement key: the relay refetches
+    the published keys once, trusts the new one and delivers; a forged entry after it costs no
+    second fetch within the cooldown and is dead-lettered."""
+    new_key = Ed25519PrivateKey.generate()
+    published = {**issuer.announce_keys}
+    fetches = []
+
+    async def refresh():
+        fetches.append(time.monotonic())
+        return published
+
+    receiver = Receiver()
+    relay = make_relay(refresh_announce_keys=refresh)
+    async with Server(receiver) as server:
+        await register(relay, receiver, server.url)
+        await issuer.add_key()  # v1, signed by the key the relay started with
+        issuer.signing_key = new_key
+        issuer.announce_jwk = {**issuer.announce_jwk, "kid": "rotated-announcement-kid"}
+        published["rotated-announcement-kid"] = new_key.public_key()
+        await issuer.add_key()  # v2, signed by a key the relay has not seen
+        forged = Event("key-added", ISSUER, issuer.epoch, 3, "k", 1.0, {"jwk": {}, "alg": "x"})
+        await redis.xadd(
+            event_stream(ISSUER),
+            sign_event(forged, Ed25519PrivateKey.generate(), "another-unknown-kid"),
+        )
+        async with relay:
+            await until(lambda: len(receiver.accepted) == 2)
+            dead_key = relay.deliverer.store.dead_key
+            await until_async(lambda: _count(redis, dead_key), 1)
+    assert [d.version for d in receiver.got] == [1, 2]
+    assert len(fetches) == 1
+    assert "rotated-announcement-kid" in relay.announce_keys
+
+
+async def _count(redis, key) -> int:
+    return len(await redis.xrange(key))
+
+
+async def until_async(probe, expected, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while await probe() != expected:
+        assert time.monotonic() < deadline, f"timed out waiting for {expected}"
+        await asyncio.sleep(0.02)
