@@ -12,7 +12,8 @@ from issuer.app import create_app
 from issuer.authority import Authority
 from issuer.kek import Kek
 from issuer.settings import IssuerSettings
-from subscriber.clock import ManualClock
+from subscriber.clock import Clock, ManualClock
+from subscriber.presence import HeartbeatRecord, Presence
 
 ISSUER = "http://issuer.test"
 ADMIN_TOKEN = "test-admin-token-0123456789"
@@ -57,3 +58,31 @@ def admin_headers() -> dict[str, str]:
 @pytest.fixture
 def kek() -> Kek:
     return Kek(KEK_BYTES)
+
+
+async def heartbeat(
+    redis: aioredis.Redis,
+    clock: Clock,
+    instance: str,
+    kids: dict[str, float],
+    *,
+    ttl_s: float = 10_000.0,
+    issuer: str = ISSUER,
+) -> None:
+    """Write the heartbeat a verifier instance holding ``kids`` (kid -> since) would write."""
+    presence = Presence(redis, issuer, instance, clock, ttl_s=ttl_s)
+    await presence.beat(
+        HeartbeatRecord(
+            instance_id=instance,
+            service="api",
+            host="h",
+            pid=1,
+            state="live",
+            epoch=None,
+            version=0,
+            kids=kids,
+            lag_ms=0.0,
+            last_event_ts=None,
+            updated_at=clock(),
+        )  # fmt: skip
+    )

@@ -13,9 +13,8 @@ from issuer.policy import RotationPolicy
 from issuer.readiness import ActivationGate
 from issuer.records import ACTIVE, PENDING, RETIRING
 from subscriber.clock import ManualClock
-from subscriber.presence import HeartbeatRecord, Presence
 
-from .conftest import ADMIN_TOKEN, ISSUER, make_settings
+from .conftest import ADMIN_TOKEN, ISSUER, heartbeat, make_settings
 
 POLICY = RotationPolicy(
     rotation_period_s=1_000.0,
@@ -28,22 +27,7 @@ POLICY = RotationPolicy(
 
 
 async def _beat(redis: aioredis.Redis, clock: ManualClock, instance: str, kids: set[str]) -> None:
-    presence = Presence(redis, ISSUER, instance, clock, ttl_s=10_000.0)
-    await presence.beat(
-        HeartbeatRecord(
-            instance_id=instance,
-            service="api",
-            host="h",
-            pid=1,
-            state="live",
-            epoch=None,
-            version=0,
-            kids=dict.fromkeys(kids, clock()),
-            lag_ms=0.0,
-            last_event_ts=None,
-            updated_at=clock(),
-        )  # fmt: skip
-    )
+    await heartbeat(redis, clock, instance, dict.fromkeys(kids, clock()))
 
 
 async def _rotated(
@@ -124,22 +108,7 @@ async def test_a_verifier_whose_heartbeat_expired_no_longer_holds_back(
     redis: aioredis.Redis, clock: ManualClock
 ) -> None:
     authority, old, new = await _rotated(redis, clock, ActivationGate(mode="confirmed"))
-    presence = Presence(redis, ISSUER, "gone", clock, ttl_s=POLICY.lead_s / 2)
-    await presence.beat(
-        HeartbeatRecord(
-            instance_id="gone",
-            service="api",
-            host="h",
-            pid=1,
-            state="live",
-            epoch=None,
-            version=0,
-            kids={old: clock()},
-            lag_ms=0.0,
-            last_event_ts=None,
-            updated_at=clock(),
-        )  # fmt: skip
-    )
+    await heartbeat(redis, clock, "gone", {old: clock()}, ttl_s=POLICY.lead_s / 2)
     clock.advance(POLICY.lead_s)
     await authority.tick()
     assert (await _states(authority))[new] == ACTIVE

@@ -12,7 +12,8 @@ from issuer.readiness import (
     read_readiness,
     readiness,
 )
-from subscriber.presence import HeartbeatRecord, Presence
+
+from .conftest import heartbeat
 
 ISSUER = "https://id.example.com"
 
@@ -53,22 +54,7 @@ def test_gate_decision(
 async def test_readiness_reads_live_heartbeats_and_drops_expired(redis: aioredis.Redis) -> None:
     now = 1_000.0
     for instance, kids, ttl in (("a", {"k2": 990.0}, 30.0), ("b", {}, 30.0), ("c", {}, 5.0)):
-        presence = Presence(redis, ISSUER, instance, lambda: now, ttl_s=ttl)
-        await presence.beat(
-            HeartbeatRecord(
-                instance_id=instance,
-                service="api",
-                host="h",
-                pid=1,
-                state="live",
-                epoch="e",
-                version=3,
-                kids=kids,
-                lag_ms=0.0,
-                last_event_ts=None,
-                updated_at=now,
-            )  # fmt: skip
-        )
+        await heartbeat(redis, lambda: now, instance, kids, ttl_s=ttl, issuer=ISSUER)
     assert (await read_readiness(redis, ISSUER, "k2", now)).lagging == ("b", "c")
     # c's heartbeat expired: it no longer counts as live, b still lags.
     later = await read_readiness(redis, ISSUER, "k2", now + 10.0)
