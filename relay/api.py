@@ -16,8 +16,10 @@
     GET    /metrics                           Prometheus (no token: scrapers hold none)
 """
 
+import logging
 from typing import Annotated, Any
 
+import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,6 +30,8 @@ from issuer.auth import admin_dependency
 from .consumer import read_history
 from .errors import ConfigError, EgressRefused, PartnerNotFound
 from .service import Relay
+
+logger = logging.getLogger(__name__)
 
 
 class PartnerIn(BaseModel):
@@ -136,6 +140,16 @@ async def _not_found(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=status.HTTP_404_NOT_FOUND)
 
 
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    # Redis restarting or unreachable is a condition to retry, not a server bug.
+    logger.warning("Redis unavailable for %s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "the relay's store is unavailable", "error": "store_unavailable"},
+        status_code=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": "1"},
+    )
+
+
 def create_app(relay: Relay, admin_token: str | None) -> FastAPI:
     """The admin app of one relay replica.
 
@@ -145,6 +159,7 @@ def create_app(relay: Relay, admin_token: str | None) -> FastAPI:
     app.state.relay = relay
     app.include_router(router, dependencies=[Depends(admin_dependency(admin_token))])
     app.add_exception_handler(PartnerNotFound, _not_found)
+    app.add_exception_handler(aioredis.RedisError, _store_unavailable)
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

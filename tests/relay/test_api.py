@@ -1,8 +1,11 @@
 """The admin API over ASGI, on a running relay with a real receiver."""
 
 import httpx
+import redis.asyncio as aioredis
 
+from keyherald.redis_server import free_port
 from relay.api import create_app
+from tests.relay.conftest import build_relay
 from tests.relay.servers import Receiver, Reply, Server, until
 
 TOKEN = "admin-" + "x" * 26
@@ -131,3 +134,18 @@ async def test_dead_letters_are_listed(issuer, make_relay) -> None:
         (dead,) = await listed()
     assert dead["kind"] == "delivery" and dead["partner"] == created["id"]
     assert dead["version"] == "1" and dead["reason"] == "status"
+
+
+async def test_redis_down_is_a_503_to_retry_not_a_500(issuer, jwks_http) -> None:
+    """A Redis that restarts or is unreachable answers 503 with Retry-After (an operator or a
+    script retries it), never an internal error."""
+    down = aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.5)
+    try:
+        relay = build_relay(down, issuer, jwks_http)
+        async with admin_client(relay) as api:
+            response = await api.get("/admin/partners")
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] == "1"
+        assert response.json()["error"] == "store_unavailable"
+    finally:
+        await down.aclose()

@@ -406,12 +406,21 @@ class Cluster:
         self.registrations.append((time.time(), self.partner_id))
 
     async def replay(self, from_version: int) -> None:
-        response = await self.http.post(
-            f"{self.relay_url}/admin/partners/{self.partner_id}/replay",
-            json={"from_version": from_version},
-            headers=self.admin,
-        )
-        response.raise_for_status()
+        """Ask the relay to replay; a 503 (its Redis just restarted or was flushed) is retried
+        as an operator would, until the settle timeout."""
+
+        async def accepted() -> bool:
+            response = await self.http.post(
+                f"{self.relay_url}/admin/partners/{self.partner_id}/replay",
+                json={"from_version": from_version},
+                headers=self.admin,
+            )
+            if response.status_code == 503:
+                return False
+            response.raise_for_status()
+            return True
+
+        await wait_for("the relay to accept the replay", accepted, self.timing.settle_timeout_s)
 
     async def partner_control(self, delay_s: float) -> None:
         response = await self.http.post(f"{self.partner_url}/control", json={"delay_s": delay_s})
