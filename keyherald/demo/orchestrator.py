@@ -55,6 +55,8 @@ RELAY_HEALTH = "/metrics"
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+#: How often a stop signal's cancellation is repeated until the demo task has finished.
+CANCEL_RETRY_S = 0.5
 
 
 class Interrupted(KeyboardInterrupt):
@@ -396,7 +398,15 @@ async def _run_until_stopped(demo: Demo) -> DemoState:
 
     def stop(sig: signal.Signals) -> None:
         received.append(sig)
-        main.cancel()
+        cancel_until_done()
+
+    def cancel_until_done() -> None:
+        # redis-py can swallow a cancellation that lands while a command reads its reply (the
+        # command returns an empty result and the task runs on), so one cancel() may be lost:
+        # repeat it until the demo task has actually finished.
+        if not main.done():
+            main.cancel()
+            loop.call_later(CANCEL_RETRY_S, cancel_until_done)
 
     for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop, sig)
