@@ -7,7 +7,6 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.egress import EgressPolicy
@@ -17,25 +16,12 @@ from relay.policy import DeliveryPolicy
 from relay.schedule import RetrySchedule
 from relay.service import Relay
 from subscriber.events import Event, announcement_jwk, sign_event
-from subscriber.jwk import thumbprint
 from subscriber.jwks_client import JwksClient
-from subscriber.jws import b64url_encode
 from subscriber.redis_keys import event_stream
+from tests.keys import es256_jwk
 
 ISSUER = "https://issuer.test"
 JWKS_URL = ISSUER + "/.well-known/jwks.json"
-
-
-def ec_jwk() -> dict[str, Any]:
-    numbers = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
-    jwk: dict[str, Any] = {
-        "kty": "EC",
-        "crv": "P-256",
-        "x": b64url_encode(numbers.x.to_bytes(32, "big")),
-        "y": b64url_encode(numbers.y.to_bytes(32, "big")),
-    }
-    jwk.update(kid=thumbprint(jwk), alg="ES256", use="sig")
-    return jwk
 
 
 class MiniIssuer:
@@ -88,7 +74,7 @@ class MiniIssuer:
         return event
 
     async def add_key(self) -> Event:
-        jwk = ec_jwk()
+        jwk = es256_jwk()
         self.keys[jwk["kid"]] = jwk
         self.states[jwk["kid"]] = "pending"
         data = {"jwk": jwk, "alg": "ES256", "activate_at": 0.0, "retire_at": None}

@@ -2,26 +2,11 @@
 
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
 from subscriber.events import Event
-from subscriber.jwk import thumbprint
-from subscriber.jws import b64url_encode
 from subscriber.keyset import KeySet, Outcome
+from tests.keys import es256_jwk
 
 ISSUER = "https://id.example.com"
-
-
-def es256_jwk() -> dict[str, Any]:
-    numbers = ec.generate_private_key(ec.SECP256R1()).public_key().public_numbers()
-    jwk: dict[str, Any] = {
-        "kty": "EC",
-        "crv": "P-256",
-        "x": b64url_encode(numbers.x.to_bytes(32, "big")),
-        "y": b64url_encode(numbers.y.to_bytes(32, "big")),
-    }
-    jwk.update(kid=thumbprint(jwk), alg="ES256", use="sig")
-    return jwk
 
 
 def added(jwk: dict[str, Any], version: int, epoch: str = "e1") -> Event:
