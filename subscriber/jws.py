@@ -5,12 +5,18 @@ differently by two parsers), so these refuse anything but the canonical form:
 
 - base64url with no padding, no characters outside ``A-Z a-z 0-9 - _``, and zero trailing bits;
 - JSON objects with no duplicate member names and no ``NaN``/``Infinity``.
+
+JSON is read by orjson first when its own encoding of the result gives back the input bytes
+exactly (the compact form every JWT library writes), and by the standard library's decoder,
+with a duplicate check, otherwise; both paths give the same answer.
 """
 
 import binascii
 import json
 from collections.abc import Callable
 from typing import Any
+
+import orjson
 
 from .errors import MalformedToken
 
@@ -107,6 +113,25 @@ def strict_json_object(data: bytes) -> dict[str, Any]:
     Numbers too large for a float (``1e400``) parse as infinity; callers that read numbers
     must check they are finite.
     """
+    # orjson keeps the last of two duplicate names, so its result is trusted only when
+    # re-encoding it gives back the input: an encoded dict never repeats a name, and orjson's
+    # output (escapes, numbers, no whitespace) reads the same in the strict decoder. Anything
+    # else, including what orjson refuses or would round (a 30-digit integer), goes the slow
+    # way. About three times faster on a typical claims set.
+    try:
+        obj = _fast_loads(data)
+        if type(obj) is dict and _fast_dumps(obj) == data:
+            return obj
+    except (orjson.JSONDecodeError, orjson.JSONEncodeError):
+        pass  # e.g. nesting deeper than orjson encodes: the strict decoder decides
+    return _strict_json_object(data)
+
+
+_fast_loads = orjson.loads
+_fast_dumps = orjson.dumps
+
+
+def _strict_json_object(data: bytes) -> dict[str, Any]:
     try:
         text = data.decode("utf-8")
         if text[:1] == "{":
