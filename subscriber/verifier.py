@@ -176,6 +176,8 @@ class Verifier:
         self._heartbeat_ttl_s = heartbeat_ttl_s
         self._block_ms = int(_positive("block_ms", block_ms))
         self._metrics = metrics_for(registry)
+        self._count = self._metrics.verifications.add
+        self._valid = self._metrics.verifications.counter("ok")
         self._lag_gauge = self._metrics.child(self._metrics.stream_lag, issuer)
         self._version_gauge = self._metrics.child(self._metrics.keyset_version, issuer)
         self.instance_id = new_instance_id()
@@ -347,14 +349,14 @@ class Verifier:
                 )
             claims = verify_token(token, view.keys, self.options, now, view.gone)
         except KeyNotFound as e:
-            self._metrics.invalid(e.reason)
+            self._count(e.reason)
             if e.reason == "unknown_kid" and not self._live and self._refresher is not None:
                 self._refresher.request("unknown_kid")
             raise
         except InvalidToken as e:
-            self._metrics.invalid(e.reason)
+            self._count(e.reason)
             raise
-        self._metrics.valid.inc()
+        next(self._valid)
         return claims
 
     # -- JWKS ------------------------------------------------------------------------------
