@@ -77,6 +77,12 @@ def poll_delay_s(
     return interval * (1.0 - poll_jitter_ratio * rng.random())
 
 
+# The connection failed under the request, most often a keep-alive connection the server
+# closed just as the pool reused it. A GET is idempotent, so it is sent once more; timeouts
+# are not here, so a hanging issuer never costs two waits.
+_DROPPED = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+
+
 class JwksClient:
     """Fetches one issuer's metadata and JWKS.
 
@@ -94,7 +100,11 @@ class JwksClient:
 
     async def _get(self, url: str, headers: Mapping[str, str]) -> httpx.Response:
         try:
-            return await self._http.get(url, headers=headers)
+            try:
+                return await self._http.get(url, headers=headers)
+            except _DROPPED as e:
+                logger.debug("GET %s: connection dropped (%s), sending again", url, e)
+                return await self._http.get(url, headers=headers)
         except httpx.HTTPError as e:
             raise FetchError(f"GET {url} failed: {type(e).__name__}") from e
 

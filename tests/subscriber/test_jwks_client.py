@@ -1,7 +1,10 @@
-"""Cache-Control parsing and the poll schedule (pure), conditional fetches (real issuer)."""
+"""Cache-Control parsing and the poll schedule (pure), conditional fetches (real issuer), and
+one retry when a connection is dropped under a request (a real server on 127.0.0.1)."""
 
+import asyncio
 import random
 
+import httpx
 import pytest
 
 from subscriber.errors import FetchError
@@ -47,3 +50,56 @@ async def test_conditional_fetch_gets_304_until_the_key_set_changes(issuer: Issu
 async def test_metadata_for_another_issuer_is_refused(issuer: Issuer) -> None:
     with pytest.raises(FetchError, match="is for issuer"):
         await JwksClient(issuer.http, ISSUER + "/").fetch_metadata()  # not exactly iss
+
+
+class DroppingServer:
+    """An HTTP/1.1 server on 127.0.0.1 that closes the first ``drops`` connections as soon as
+    a request arrives, without answering, then serves a JWKS."""
+
+    def __init__(self, drops: int) -> None:
+        self.drops = drops
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                if self.connections <= self.drops:
+                    return  # hang up on the request
+                body = b'{"keys":[]}'
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/jwks.json"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+
+
+async def test_a_connection_dropped_under_the_request_is_retried_once() -> None:
+    server = DroppingServer(drops=1)
+    async with server as url, httpx.AsyncClient() as http:
+        response = await JwksClient(http, ISSUER, jwks_url=url).fetch_jwks()
+    assert response.doc == {"keys": []}
+    assert server.connections == 2
+
+
+async def test_an_issuer_that_keeps_dropping_costs_two_attempts_then_fails() -> None:
+    server = DroppingServer(drops=10)
+    async with server as url, httpx.AsyncClient() as http:
+        with pytest.raises(FetchError, match="RemoteProtocolError"):
+            await JwksClient(http, ISSUER, jwks_url=url).fetch_jwks()
+    assert server.connections == 2
