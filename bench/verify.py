@@ -249,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"python {sys.version.split()[0]}, PyJWT {jwt.__version__}")
     header = (
         f"{'alg':<6} {'keyherald/s':>12} {'function/s':>11} {'pyjwt/s':>10} {'raw/s':>10} "
-        f"{'kh/raw':>7} {'fn/raw':>7} {'pyjwt/raw':>9}  noise (median below best: kh, fn, pyjwt, raw)"
+        f"{'kh/raw':>7} {'fn/raw':>7} {'pyjwt/raw':>9}  "
+        "noise (median below best: kh, fn, pyjwt, raw)"
     )
     print(header)
     with RedisServer(persistence="none") as server:
