@@ -20,6 +20,7 @@ issuer stamps ``ts`` when it commits, each verifier records when it applied the 
 import argparse
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import multiprocessing as mp
@@ -224,10 +225,16 @@ class Fleet:
         return [pipe.recv() for pipe, _ in busy]
 
     def close(self) -> None:
+        # A worker that died (its error is on stderr) must not leave the others running:
+        # multiprocessing would wait for them forever at exit.
         for pipe in self.pipes:
-            pipe.send(("exit", None))
+            with contextlib.suppress(OSError):
+                pipe.send(("exit", None))
         for proc in self.procs:
             proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
 
 
 def measure(fleet: Fleet, issuer: IssuerThread, n: int, rounds: int, *, raw: bool) -> list[float]:
