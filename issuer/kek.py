@@ -36,15 +36,15 @@ class Kek:
         self.kek_id = hashlib.sha256(b"keyherald-kek-id:" + key).hexdigest()[:16]
 
     @classmethod
-    def from_base64(cls, value: str) -> "Kek":
-        """Parse ``KEYHERALD_KEK`` (standard or url-safe base64 of 32 random bytes).
+    def from_base64(cls, value: str, name: str = "KEYHERALD_KEK") -> "Kek":
+        """Parse a KEK setting ``name`` (standard or url-safe base64 of 32 random bytes).
 
         :raises ConfigError: not base64, or not 32 bytes.
         """
         try:
             raw = base64.b64decode(value.strip().replace("-", "+").replace("_", "/"), validate=True)
         except (binascii.Error, ValueError) as e:
-            raise ConfigError("KEYHERALD_KEK is not valid base64") from e
+            raise ConfigError(f"{name} is not valid base64") from e
         return cls(raw)
 
     @classmethod

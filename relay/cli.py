@@ -19,6 +19,8 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
+from issuer.errors import ConfigError as IssuerConfigError
+from issuer.kek import Kek
 from subscriber.constants import http_timeout_s
 from subscriber.errors import FetchError, InvalidKey
 from subscriber.events import load_announcement_keys
@@ -91,6 +93,16 @@ def build_relay(
         egress_policy = EgressPolicy.from_strings(settings.egress_allow)
     except ValueError as e:
         raise ConfigError(str(e), reason="bad_allow_list") from e
+    kek = None
+    if settings.kek is None:
+        logger.warning(
+            "KEYHERALD_RELAY_KEK is not set: partner secrets are stored in Redis in clear"
+        )
+    else:
+        try:
+            kek = Kek.from_base64(settings.kek.get_secret_value(), "KEYHERALD_RELAY_KEK")
+        except IssuerConfigError as e:
+            raise ConfigError(str(e), reason="bad_kek") from e
     return Relay(
         redis,
         settings.issuer,
@@ -105,6 +117,7 @@ def build_relay(
         idle_before_claim_s=settings.idle_before_claim_s,
         max_attempts=settings.max_attempts,
         refresh_announce_keys=refresh_announce_keys,
+        kek=kek,
     )
 
 

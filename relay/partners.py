@@ -4,8 +4,14 @@ One HASH (``relay:partners``) maps partner id -> JSON record. A secret is genera
 relay and returned once, at registration or rotation; the admin API never lists it again.
 Rotation keeps the previous secret valid for an overlap so a partner can roll its verifier
 without losing a delivery; the relay signs with every valid secret meanwhile.
+
+With a key-encryption key (``KEYHERALD_RELAY_KEK``) every secret is stored sealed with
+AES-256-GCM, bound to its partner and creation time, so a sealed secret copied onto another
+record does not open. Records written in clear before a KEK was configured still read, and
+:meth:`PartnerStore.seal_stored` rewrites them sealed.
 """
 
+import contextlib
 import json
 import logging
 import secrets
@@ -16,6 +22,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import WatchError
 
+from issuer.errors import KekError
+from issuer.kek import Kek
 from subscriber.clock import Clock, system_clock
 from subscriber.events import EVENT_TYPES
 from subscriber.redis_keys import relay_key
@@ -25,6 +33,8 @@ from .errors import ConfigError, PartnerNotFound
 from .signing import new_secret
 
 logger = logging.getLogger(__name__)
+
+_SEAL_PURPOSE = "webhook-secret"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,15 +82,57 @@ class Partner:
             ],
         }
 
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"))
+    def to_json(self, kek: Kek | None = None) -> str:
+        """The stored record; with ``kek``, every secret sealed."""
+        d = asdict(self)
+        d["secrets"] = [_stored_secret(self.id, s, kek) for s in self.secrets]
+        return json.dumps(d, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, raw: bytes | str) -> "Partner":
+    def from_json(cls, raw: bytes | str, kek: Kek | None = None) -> "Partner":
+        """Read a stored record, opening sealed secrets with ``kek``.
+
+        :raises ConfigError: ``kek_required`` (sealed, and no KEK) or ``kek_mismatch``.
+        """
         d = json.loads(raw)
         d["event_types"] = tuple(d["event_types"])
-        d["secrets"] = tuple(Secret(**s) for s in d["secrets"])
+        d["secrets"] = tuple(_read_secret(d["id"], s, kek) for s in d["secrets"])
         return cls(**d)
+
+
+def _in_clear(raw: bytes | str) -> bool:
+    return any("value" in s for s in json.loads(raw)["secrets"])
+
+
+def _slot(partner_id: str, created_at: float) -> str:
+    # The associated data: a sealed secret opens only on its own partner, in its own place.
+    return f"{partner_id}/{created_at!r}"
+
+
+def _stored_secret(partner_id: str, secret: Secret, kek: Kek | None) -> dict[str, Any]:
+    stored: dict[str, Any] = {"created_at": secret.created_at, "expires_at": secret.expires_at}
+    if kek is None:
+        stored["value"] = secret.value
+    else:
+        slot = _slot(partner_id, secret.created_at)
+        stored["sealed"] = kek.seal(secret.value.encode(), kid=slot, purpose=_SEAL_PURPOSE)
+    return stored
+
+
+def _read_secret(partner_id: str, stored: dict[str, Any], kek: Kek | None) -> Secret:
+    created_at, expires_at = stored["created_at"], stored.get("expires_at")
+    if "sealed" not in stored:
+        return Secret(stored["value"], created_at, expires_at)
+    if kek is None:
+        raise ConfigError(
+            f"partner {partner_id}'s secrets are sealed; set KEYHERALD_RELAY_KEK",
+            reason="kek_required",
+        )
+    try:
+        value = kek.open(stored["sealed"], kid=_slot(partner_id, created_at), purpose=_SEAL_PURPOSE)
+    except KekError as e:
+        raise ConfigError(f"partner {partner_id}: {e}", reason="kek_mismatch") from e
+    return Secret(value.decode(), created_at, expires_at)
 
 
 class PartnerStore:
@@ -88,6 +140,7 @@ class PartnerStore:
 
     :param overlap_s: how long a replaced secret stays valid after a rotation.
     :param policy: registration refuses URLs that fail the static egress checks.
+    :param kek: seals the secrets at rest; ``None`` stores them in clear.
     """
 
     def __init__(
@@ -98,6 +151,7 @@ class PartnerStore:
         overlap_s: float,
         policy: EgressPolicy | None = None,
         clock: Clock = system_clock,
+        kek: Kek | None = None,
     ) -> None:
         if overlap_s < 0:
             raise ConfigError(f'secret overlap must be >= 0, the input is "{overlap_s}"')
@@ -106,6 +160,7 @@ class PartnerStore:
         self._overlap_s = overlap_s
         self._policy = policy or EgressPolicy()
         self._clock = clock
+        self._kek = kek
 
     def _check_types(self, event_types: Iterable[str] | None) -> tuple[str, ...]:
         types = tuple(EVENT_TYPES if event_types is None else dict.fromkeys(event_types))
@@ -136,7 +191,7 @@ class PartnerStore:
             created_at=now,
             secrets=(Secret(secret, now),),
         )
-        await self._redis.hset(self._key, partner.id, partner.to_json())
+        await self._redis.hset(self._key, partner.id, partner.to_json(self._kek))
         logger.info("partner registered partner=%s url=%s", partner.id, redact_url(url))
         return partner, secret
 
@@ -145,12 +200,13 @@ class PartnerStore:
         raw = await self._redis.hget(self._key, partner_id)
         if raw is None:
             raise PartnerNotFound(f"no partner {partner_id!r}")
-        return Partner.from_json(raw)
+        return Partner.from_json(raw, self._kek)
 
     async def list(self) -> list[Partner]:
         """Every partner, oldest first."""
         raw = await self._redis.hvals(self._key)
-        return sorted((Partner.from_json(r) for r in raw), key=lambda p: (p.created_at, p.id))
+        partners = (Partner.from_json(r, self._kek) for r in raw)
+        return sorted(partners, key=lambda p: (p.created_at, p.id))
 
     async def _update(self, partner_id: str, change: Any) -> Partner:
         # Admin calls and the delivery loop (which disables failing endpoints) can race on one
@@ -162,9 +218,9 @@ class PartnerStore:
                     raw = await pipe.hget(self._key, partner_id)
                     if raw is None:
                         raise PartnerNotFound(f"no partner {partner_id!r}")
-                    updated: Partner = change(Partner.from_json(raw))
+                    updated: Partner = change(Partner.from_json(raw, self._kek))
                     pipe.multi()  # type: ignore[no-untyped-call]
-                    pipe.hset(self._key, partner_id, updated.to_json())
+                    pipe.hset(self._key, partner_id, updated.to_json(self._kek))
                     await pipe.execute()
                     return updated
                 except WatchError:
@@ -204,6 +260,26 @@ class PartnerStore:
         partner = await self._update(partner_id, rotate)
         logger.info("partner secret rotated partner=%s overlap_s=%s", partner_id, self._overlap_s)
         return partner, secret
+
+    async def seal_stored(self) -> int:
+        """With a KEK, rewrite every record that still holds a secret in clear; returns how
+        many were rewritten. Without a KEK, does nothing.
+
+        :raises ConfigError: a sealed record that the KEK does not open.
+        """
+        if self._kek is None:
+            return 0
+        sealed = 0
+        for raw in await self._redis.hvals(self._key):
+            partner = Partner.from_json(raw, self._kek)  # refuses a record it cannot open
+            if not _in_clear(raw):
+                continue
+            with contextlib.suppress(PartnerNotFound):  # deleted meanwhile
+                await self._update(partner.id, lambda p: p)
+                sealed += 1
+        if sealed:
+            logger.info("sealed the secrets of %d partner record(s)", sealed)
+        return sealed
 
     async def delete(self, partner_id: str) -> None:
         """Remove the partner record (its queue is dropped by the delivery side).

@@ -18,6 +18,7 @@ import httpx
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from issuer.kek import Kek
 from subscriber.clock import Clock, system_clock
 
 from . import constants
@@ -48,6 +49,7 @@ class Relay:
         replica finds its own pending entries first.
     :param refresh_announce_keys: refetches the issuer's announcement keys (see
         :class:`~relay.consumer.StreamConsumer`); ``None`` when they are pinned.
+    :param kek: seals partner secrets at rest (see :mod:`relay.partners`).
     :param http: client for partner requests; one from :func:`relay.egress.new_client` (owned
         and closed by the relay) when not given.
     """
@@ -72,6 +74,7 @@ class Relay:
         clock: Clock = system_clock,
         resolver: Resolver = system_resolver,
         refresh_announce_keys: KeyRefresher | None = None,
+        kek: Kek | None = None,
     ) -> None:
         if idle_before_claim_s <= policy.deadline_s:
             raise ValueError(
@@ -84,7 +87,7 @@ class Relay:
         self._own_http = http is None
         self._http = http or new_client()
         self.partners = PartnerStore(
-            redis, issuer, overlap_s=secret_overlap_s, policy=egress_policy, clock=clock
+            redis, issuer, overlap_s=secret_overlap_s, policy=egress_policy, clock=clock, kek=kek
         )
         self.deliverer = Deliverer(
             redis,
@@ -117,7 +120,9 @@ class Relay:
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
-        """Create the consumer group and start consuming and delivering."""
+        """Seal any partner secret still stored in clear (with a KEK), create the consumer
+        group, and start consuming and delivering."""
+        await self.partners.seal_stored()
         await self.consumer.ensure_group()
         self._tasks = [
             asyncio.create_task(self.consumer.run(), name="relay-consumer"),

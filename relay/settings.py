@@ -34,6 +34,11 @@ class RelaySettings(BaseSettings):
         description="pinned announcement JWKs (JSON list); empty: from the issuer metadata",
     )
     admin_token: SecretStr = Field(description="bearer token of the admin API")
+    kek: SecretStr | None = Field(
+        None,
+        description="key-encryption key of the partner secrets at rest, base64 of 32 random "
+        "bytes (unset: stored in clear, with a warning)",
+    )
     host: str = Field("127.0.0.1", description="admin API bind address")
     port: int = Field(8090, description="admin API port")
 

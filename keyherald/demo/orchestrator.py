@@ -167,6 +167,10 @@ class Demo:
                     raise ChildFailed(f"{child.name} not ready in time:\n{child.log_tail()}")
                 await asyncio.sleep(0.1)
 
+    @staticmethod
+    def _new_kek() -> str:
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+
     async def start(self) -> None:
         """Start every child in dependency order and wait until each is ready."""
         p = self.ports
@@ -179,15 +183,17 @@ class Demo:
             await self._wait_ready(["redis"])
         self.env = child_env(self.profile, p, self.redis_url, admin_token=self.admin_token)
         # Only the issuer gets the key-encryption key; nothing else needs it.
-        kek = base64.b64encode(secrets.token_bytes(32)).decode()
-        issuer_env = self.env | {"KEYHERALD_KEK": kek}
+        issuer_env = self.env | {"KEYHERALD_KEK": self._new_kek()}
         issuer_cmd = ["keyherald", "issuer", *self._bind(p.issuer)]
         self._start("issuer", issuer_cmd, METADATA_PATH, env=issuer_env)
         self.state.note(f"issuer {self.issuer_url}, redis {self.redis_url}")
         await self._wait_ready(["issuer"])
         # Everything else starts at once: each role waits for what it needs (the partner for
         # the relay, the loadgen for the verifying services), which halves start-up on 2 cores.
-        self._start("relay", ["keyherald", "relay", *self._bind(p.relay)], RELAY_HEALTH)
+        # The relay seals partner secrets under a key of its own, never the issuer's.
+        relay_env = self.env | {"KEYHERALD_RELAY_KEK": self._new_kek()}
+        relay_cmd = ["keyherald", "relay", *self._bind(p.relay)]
+        self._start("relay", relay_cmd, RELAY_HEALTH, env=relay_env)
         self._start("partner", ["keyherald", "demo", "partner", *self._bind(p.partner)])
         for name, port in (("api-a", p.api_a), ("api-b", p.api_b)):
             self._start(name, ["keyherald", "demo", "api", *self._bind(port), "--name", name])

@@ -1,12 +1,21 @@
 """Settings from the environment, the CLI entry point."""
 
+import base64
+import logging
 import subprocess
 import sys
 
+import httpx
 import pytest
+import redis.asyncio as aioredis
 from pydantic import ValidationError
 
+from relay.cli import build_relay
+from relay.errors import ConfigError
+from relay.keysource import JwksKeySource
+from relay.service import Relay
 from relay.settings import DEFAULT_RETRY_SCHEDULE_S, RelaySettings
+from subscriber.jwks_client import JwksClient
 
 
 def test_settings_read_the_environment(monkeypatch) -> None:
@@ -51,3 +60,34 @@ def test_cli_refuses_to_start_without_settings(monkeypatch) -> None:
     )
     assert done.returncode == 2
     assert "issuer" in done.stderr
+
+
+def _relay_from(settings: RelaySettings) -> Relay:
+    client = httpx.AsyncClient()
+    keys = JwksKeySource(JwksClient(client, settings.issuer))
+    return build_relay(settings, aioredis.Redis(), keys, {})
+
+
+def test_a_relay_kek_is_read_and_a_bad_one_is_refused(monkeypatch) -> None:
+    monkeypatch.setenv("KEYHERALD_RELAY_ISSUER", "https://issuer.example")
+    monkeypatch.setenv("KEYHERALD_RELAY_ADMIN_TOKEN", "t")
+    kek = base64.b64encode(bytes(range(32))).decode()
+    monkeypatch.setenv("KEYHERALD_RELAY_KEK", kek)
+    settings = RelaySettings()
+    assert kek not in repr(settings)
+    assert _relay_from(settings).partners._kek is not None
+    monkeypatch.setenv("KEYHERALD_RELAY_KEK", "not-base64!")
+    with pytest.raises(ConfigError) as bad:
+        _relay_from(RelaySettings())
+    assert bad.value.reason == "bad_kek" and "KEYHERALD_RELAY_KEK" in str(bad.value)
+    assert "not-base64!" not in str(bad.value)
+
+
+def test_without_a_relay_kek_the_relay_warns_that_secrets_are_in_clear(monkeypatch, caplog) -> None:
+    monkeypatch.setenv("KEYHERALD_RELAY_ISSUER", "https://issuer.example")
+    monkeypatch.setenv("KEYHERALD_RELAY_ADMIN_TOKEN", "t")
+    monkeypatch.delenv("KEYHERALD_RELAY_KEK", raising=False)
+    with caplog.at_level(logging.WARNING, logger="relay.cli"):
+        relay = _relay_from(RelaySettings())
+    assert relay.partners._kek is None
+    assert "stored in Redis in clear" in caplog.text

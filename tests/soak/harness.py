@@ -294,6 +294,7 @@ class Cluster:
                 "KEYHERALD_RELAY_ISSUER": self.issuer_url,
                 "KEYHERALD_RELAY_REDIS_URL": self.redis.url,
                 "KEYHERALD_RELAY_ADMIN_TOKEN": self.admin_token,
+                "KEYHERALD_RELAY_KEK": base64.b64encode(secrets.token_bytes(32)).decode(),
                 "KEYHERALD_SOAK_AUDIENCE": AUDIENCE,
                 "PYTHONPATH": str(REPO_ROOT),
                 "PYTHONUNBUFFERED": "1",
