@@ -289,7 +289,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="N = 1, 10 and 3 rounds")
     parser.add_argument("--sizes", default="1,10,100,1000", help="comma-separated N values")
-    parser.add_argument("--rounds", type=int, default=20, help="rotations per N")
+    parser.add_argument("--rounds", type=int, default=40, help="rotations per N")
     parser.add_argument(
         "--blocks", type=int, default=4, help="alternating verifier/raw blocks of the rounds"
     )
