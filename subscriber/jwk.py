@@ -171,11 +171,23 @@ _DER_SEQUENCE = tuple(bytes((0x30, n)) for n in range(71))
 _DER_INTEGER = tuple(bytes((0x02, n)) for n in range(34))
 
 
+# When neither integer has a leading zero byte (254 signatures in 256) only the sign padding
+# varies: the DER around r and s is one of these, chosen by the top bits of r and s.
+_DER_HEAD = tuple(
+    tuple(bytes((0x30, 68 + rh + sh, 0x02, 32 + rh)) + b"\0" * rh for sh in (0, 1)) for rh in (0, 1)
+)
+_DER_MID = tuple(bytes((0x02, 32 + sh)) + b"\0" * sh for sh in (0, 1))
+
+
 def p1363_to_der(signature: bytes) -> bytes:
     """The DER form ``cryptography`` verifies of a 64-byte JWS ES256 signature ``r || s``.
 
-    Same bytes as ``encode_dss_signature`` on the two integers, at a third of the cost.
+    Same bytes as ``encode_dss_signature`` on the two integers, at about a quarter of the cost.
     """
+    r0, s0 = signature[0], signature[32]
+    if r0 and s0:
+        rh, sh = r0 >> 7, s0 >> 7
+        return _DER_HEAD[rh][sh] + signature[:32] + _DER_MID[sh] + signature[32:]
     r = signature[:32].lstrip(b"\0") or b"\0"
     s = signature[32:].lstrip(b"\0") or b"\0"
     # DER integers are signed: a high bit set needs a leading zero byte.

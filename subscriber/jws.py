@@ -20,13 +20,14 @@ import orjson
 
 from .errors import MalformedToken
 
-# base64url -> standard alphabet; the standard-only characters and padding map to a byte
-# a2b_base64 refuses in strict mode, so they can never slip through.
-_URLSAFE_TO_STD = bytes.maketrans(b"-_+/=", b"+/!!!")
-_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
-# Value of each base64url character, indexed by byte; other bytes never reach the lookup
-# because a2b_base64 refuses them first.
-_VALUE = bytes(_ALPHABET.index(b) if b in _ALPHABET else 0 for b in range(256))
+#: ``bytes.translate`` table from base64url to the standard alphabet. The standard-only
+#: characters and padding map to a byte a2b_base64 refuses in strict mode, so they can never
+#: slip through; every other byte is left alone (a compact JWS keeps its dots and length).
+URLSAFE_TO_STD = bytes.maketrans(b"-_+/=", b"+/!!!")
+_STD_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+# Value of each character of a translated segment, indexed by byte; other bytes never reach
+# the lookup because a2b_base64 refuses them first.
+_VALUE = bytes(_STD_ALPHABET.index(b) if b in _STD_ALPHABET else 0 for b in range(256))
 # Mask of the bits the last character of a segment of length 2 or 3 (mod 4) must leave zero:
 # a2b_base64 ignores them even in strict mode, so "QQ" and "QR" would both decode to b"A".
 _TRAILING_MASK = (0, 0, 0x0F, 0x03)
@@ -43,15 +44,20 @@ _TO_URLSAFE = str.maketrans("+/", "-_")
 
 
 def b64url_decode_ascii(segment: bytes) -> bytes:
-    """Decode canonical base64url given as ASCII bytes, or raise :class:`MalformedToken`.
+    """Decode canonical base64url given as ASCII bytes, or raise :class:`MalformedToken`."""
+    return b64_std_decode(segment.translate(URLSAFE_TO_STD))
 
-    The hot path calls this on slices of the encoded token, so it avoids a str round trip.
+
+def b64_std_decode(segment: bytes) -> bytes:
+    """:func:`b64url_decode_ascii` of a segment already mapped through :data:`URLSAFE_TO_STD`.
+
+    The hot path translates a whole token at once and decodes its segments with this.
     """
     rem = len(segment) & 3
     if rem == 1:
         raise MalformedToken("base64url segment has an impossible length", reason="malformed")
     try:
-        decoded = _a2b(segment.translate(_URLSAFE_TO_STD) + _PAD[rem], strict_mode=True)
+        decoded = _a2b(segment + _PAD[rem], strict_mode=True)
     except binascii.Error as e:
         raise MalformedToken("segment is not base64url", reason="malformed") from e
     if rem and _VALUE[segment[-1]] & _TRAILING_MASK[rem]:
@@ -59,8 +65,8 @@ def b64url_decode_ascii(segment: bytes) -> bytes:
     return decoded
 
 
-def b64url_decode_pair(first: bytes, second: bytes) -> tuple[bytes, bytes]:
-    """:func:`b64url_decode_ascii` of two segments in one call (a JWS payload and signature).
+def b64_std_decode_pair(first: bytes, second: bytes) -> tuple[bytes, bytes]:
+    """:func:`b64_std_decode` of two segments in one call (a JWS payload and signature).
 
     The verification hot path pays for every Python call, so this is the same rules inlined.
     """
@@ -68,8 +74,8 @@ def b64url_decode_pair(first: bytes, second: bytes) -> tuple[bytes, bytes]:
     if rem1 == 1 or rem2 == 1:
         raise MalformedToken("base64url segment has an impossible length", reason="malformed")
     try:
-        decoded1 = _a2b(first.translate(_URLSAFE_TO_STD) + _PAD[rem1], strict_mode=True)
-        decoded2 = _a2b(second.translate(_URLSAFE_TO_STD) + _PAD[rem2], strict_mode=True)
+        decoded1 = _a2b(first + _PAD[rem1], strict_mode=True)
+        decoded2 = _a2b(second + _PAD[rem2], strict_mode=True)
     except binascii.Error as e:
         raise MalformedToken("segment is not base64url", reason="malformed") from e
     if (rem1 and _VALUE[first[-1]] & _TRAILING_MASK[rem1]) or (

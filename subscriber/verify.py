@@ -20,7 +20,9 @@ a signature verification, and nothing in the payload is parsed before its signat
 5. payload: JSON object without duplicate names, then the claims.
 
 Headers repeat across tokens (one per signing key), so a header that passed step 2 is cached
-by its encoded segment in a small bounded dictionary; everything that depends on the key set
+by its encoded segment (in the standard alphabet, as the hot path holds it: the mapping is
+one-to-one on valid base64url, and a segment with any other character never parses, so it
+is never cached) in a small bounded dictionary; everything that depends on the key set
 or the options (steps 3 onwards, and ``typ``) is still checked on every token.
 """
 
@@ -33,7 +35,7 @@ from typing import Any
 from . import constants
 from .errors import BadSignature, InvalidClaims, KeyNotFound, KeyNotUsable, MalformedToken
 from .jwk import SUPPORTED_ALGS, PublicKey
-from .jws import b64url_decode_ascii, b64url_decode_pair, strict_json_object
+from .jws import URLSAFE_TO_STD, b64_std_decode, b64_std_decode_pair, strict_json_object
 
 __all__ = [
     "EMPTY",
@@ -165,7 +167,7 @@ def _parse_header(segment: bytes) -> _Header:
         raise MalformedToken(
             "JWS JSON serialization is not accepted", reason="unsupported_serialization"
         )
-    header = strict_json_object(b64url_decode_ascii(segment))
+    header = strict_json_object(b64_std_decode(segment))
     forbidden = _FORBIDDEN_HEADERS & header.keys()
     if forbidden:
         raise MalformedToken(
@@ -232,7 +234,9 @@ def _verified(
         raw = token.encode("ascii")
     except UnicodeEncodeError:
         raise MalformedToken("token is not ASCII", reason="malformed") from None
-    parts = raw.split(b".")
+    # One translate for the whole token: the segments come out in the standard alphabet,
+    # ready for a2b_base64, at the same offsets (dots and lengths are kept).
+    parts = raw.translate(URLSAFE_TO_STD).split(b".")
     if len(parts) != 3:
         raise _shape_error(raw, len(parts))
     header_segment, payload_segment, signature_segment = parts
@@ -255,7 +259,7 @@ def _verified(
         raise KeyNotFound(f"no key {kid!r}", reason="unknown_kid")
     if alg != key.alg:
         raise BadSignature(f"token alg {alg!r} is not the key's {key.alg!r}", reason="alg_mismatch")
-    payload, signature = b64url_decode_pair(payload_segment, signature_segment)
+    payload, signature = b64_std_decode_pair(payload_segment, signature_segment)
     if not key.verify(signature, raw[: len(header_segment) + 1 + len(payload_segment)]):
         raise BadSignature("signature does not verify", reason="bad_signature")
     return entry, payload

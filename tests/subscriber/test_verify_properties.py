@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 
 from subscriber.errors import TOKEN_REASONS, InvalidClaims, InvalidToken, MalformedToken
 from subscriber.jws import (
+    URLSAFE_TO_STD,
+    b64_std_decode_pair,
     b64url_decode_ascii,
-    b64url_decode_pair,
     b64url_encode,
     strict_json_object,
 )
@@ -121,12 +122,14 @@ def test_base64url_has_one_spelling_per_value(segment: str) -> None:
     second=st.text(alphabet=ALPHABET + "=+/", max_size=20),
 )
 def test_pair_decoder_agrees_with_the_single_decoder(first: str, second: str) -> None:
+    # The hot path translates the whole token, then decodes two of its segments at once.
     one, two = _decode_or_none(first.encode()), _decode_or_none(second.encode())
+    pair = (first.encode().translate(URLSAFE_TO_STD), second.encode().translate(URLSAFE_TO_STD))
     if one is None or two is None:
         with pytest.raises(MalformedToken):
-            b64url_decode_pair(first.encode(), second.encode())
+            b64_std_decode_pair(*pair)
     else:
-        assert b64url_decode_pair(first.encode(), second.encode()) == (one, two)
+        assert b64_std_decode_pair(*pair) == (one, two)
 
 
 _JSON_VALUES = st.recursive(
