@@ -111,6 +111,8 @@ def _no_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
 _SCAN: Callable[[str, int], tuple[Any, int]] = _DECODER.scan_once  # type: ignore[attr-defined]
 _JSON_WHITESPACE = " \t\n\r"
+_fast_loads = orjson.loads
+_fast_dumps = orjson.dumps
 
 
 def strict_json_object(data: bytes) -> dict[str, Any]:
@@ -131,10 +133,6 @@ def strict_json_object(data: bytes) -> dict[str, Any]:
     except (orjson.JSONDecodeError, orjson.JSONEncodeError):
         pass  # e.g. nesting deeper than orjson encodes: the strict decoder decides
     return _strict_json_object(data)
-
-
-_fast_loads = orjson.loads
-_fast_dumps = orjson.dumps
 
 
 def _strict_json_object(data: bytes) -> dict[str, Any]:
