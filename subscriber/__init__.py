@@ -25,10 +25,11 @@ from .errors import (
     MalformedToken,
 )
 from .events import Event, parse_event
+from .health import Health
 from .jwk import PublicKey, load_public_jwk
 from .keyset import KeySet, KeyView, Outcome
 from .sync import SyncVerifier
-from .verifier import Health, Verifier
+from .verifier import Verifier
 from .verify import VerifyOptions, verify_token
 
 __all__ = [

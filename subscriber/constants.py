@@ -38,11 +38,17 @@ xread_count: Final = 100
 #: Reconnect backoff (exponential with full jitter) after Redis errors.
 reconnect_min_s: Final = 0.05
 reconnect_max_s: Final = 5.0
-#: The JWKS poll interval follows ``Cache-Control: max-age``, clamped to these bounds.
-min_poll_interval_s: Final = 5.0
+#: The JWKS poll interval follows ``Cache-Control: max-age``, clamped to these bounds. The
+#: floor is low because the issuer's lead (a key's publication before it signs) is promised
+#: against its max-age: a degraded verifier polling slower than the max-age can miss a key.
+min_poll_interval_s: Final = 1.0
 max_poll_interval_s: Final = 300.0
 #: Poll delays are drawn uniformly from ``[1 - poll_jitter_ratio, 1] * interval`` so that a
 #: fleet restarted together does not poll together.
 poll_jitter_ratio: Final = 0.2
+#: A background loop (follower, poller, heartbeat) that dies is restarted after a backoff
+#: doubling from the minimum to the maximum.
+task_restart_min_s: Final = 0.1
+task_restart_max_s: Final = 30.0
 #: Departed kids remembered (to refuse with ``revoked_key``/``retired_key``); oldest dropped.
 max_gone_kids: Final = 1_024

@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from redis.exceptions import RedisError
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from .clock import Clock
 from .constants import block_ms, reconnect_max_s, reconnect_min_s, xread_count
@@ -168,7 +168,9 @@ class StreamFollower:
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type((RedisError, FetchError, OSError)),
-                wait=wait_exponential_jitter(multiplier=reconnect_min_s, max=self._reconnect_max_s),
+                # Full jitter; this signature is the same from tenacity 8.2 on, which
+                # wait_exponential_jitter's is not (its ``multiplier`` came in 9.x).
+                wait=wait_random_exponential(multiplier=reconnect_min_s, max=self._reconnect_max_s),
                 before_sleep=self._before_sleep,
                 reraise=True,
             )

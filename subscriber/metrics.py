@@ -5,21 +5,24 @@ Verifiers sharing a registry share one :class:`Metrics`, so creating many verifi
 process (tests, benchmarks) never registers a name twice; counters then add up across them and
 gauges carry an ``issuer`` label.
 
-===================================== ======================================================
-``keyherald_verifications_total``     tokens verified, by ``outcome`` (valid/invalid) and
-                                      ``reason`` (``ok`` or the refusal reason)
-``keyherald_events_applied_total``    stream events applied, by ``type``
-``keyherald_events_ignored_total``    verified events not applied (replayed, reordered,
-                                      old epoch), by ``outcome``
-``keyherald_events_rejected_total``   stream entries refused (forged, malformed), by
-                                      ``reason``
-``keyherald_resyncs_total``           key set rebuilt from the JWKS, by ``cause``
-``keyherald_jwks_fetches_total``      JWKS requests, by ``trigger`` and ``result``
-                                      (``ok``, ``not_modified``, ``error``)
-``keyherald_stream_lag_seconds``      issuer commit to this verifier applying the last event
-``keyherald_keyset_version``          key-set version held
-``keyherald_state``                   1 for the current state (live/degraded/stale), else 0
-===================================== ======================================================
+====================================== ======================================================
+``keyherald_verifications_total``      tokens verified, by ``outcome`` (valid/invalid) and
+                                       ``reason`` (``ok`` or the refusal reason)
+``keyherald_events_applied_total``     stream events applied, by ``type``
+``keyherald_events_ignored_total``     verified events not applied (replayed, reordered,
+                                       old epoch), by ``outcome``
+``keyherald_events_rejected_total``    stream entries refused (forged, malformed), by
+                                       ``reason``
+``keyherald_resyncs_total``            key set rebuilt from the JWKS, by ``cause``
+``keyherald_jwks_fetches_total``       JWKS requests, by ``trigger`` and ``result``
+                                       (``ok``, ``not_modified``, ``error``)
+``keyherald_stream_lag_seconds``       issuer commit to this verifier applying the last event
+``keyherald_keyset_version``           key-set version held
+``keyherald_state``                    1 for the current state (live/degraded/failed/stale),
+                                       else 0
+``keyherald_task_restarts_total``      background loops restarted after dying, by ``task``
+``keyherald_heartbeat_failures_total`` heartbeats that could not be written
+====================================== ======================================================
 """
 
 import itertools
@@ -32,7 +35,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-STATES: Final = ("live", "degraded", "stale")
+STATES: Final = ("live", "degraded", "failed", "stale")
 
 _lock = threading.Lock()
 _off: "Metrics | None" = None
@@ -139,6 +142,17 @@ class Metrics:
             "keyherald_state",
             "1 for the verifier's current state, 0 for the others.",
             ["issuer", "state"],
+            registry=registry,
+        )
+        self.task_restarts = Counter(
+            "keyherald_task_restarts",
+            "Background loops (follower, poller, heartbeat) restarted after dying.",
+            ["task"],
+            registry=registry,
+        )
+        self.heartbeat_failures = Counter(
+            "keyherald_heartbeat_failures",
+            "Heartbeats that could not be written (Redis unreachable or read-only).",
             registry=registry,
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}

@@ -10,18 +10,26 @@ An instance is live while its score is in the future. Writers and readers both p
 members, so instances that died without saying goodbye disappear after one TTL.
 """
 
+import asyncio
+import contextlib
 import json
+import logging
 import os
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from .clock import Clock
+from .follower import raise_if_cancelled
+from .metrics import Metrics
 from .redis_keys import verifier_index, verifier_states
+
+logger = logging.getLogger(__name__)
 
 # Atomic, so an instance that heartbeats between the read and the delete is never dropped.
 _PRUNE = """
@@ -93,6 +101,49 @@ class Presence:
         self._states = verifier_states(issuer)
         self._clock = clock
         self._ttl_s = ttl_s
+        #: Why the last heartbeat was not written, or ``None`` once one is.
+        self.error: str | None = None
+
+    async def run(
+        self,
+        record: Callable[[], HeartbeatRecord],
+        changed: asyncio.Event,
+        interval_s: float,
+        metrics: Metrics,
+    ) -> None:
+        """Beat every ``interval_s`` and whenever ``changed`` is set, until cancelled."""
+        while True:
+            changed.clear()
+            try:
+                await self.beat(record())
+            except (RedisError, OSError) as e:
+                self._failed(e, metrics)
+            else:
+                if self.error is not None:
+                    logger.warning(
+                        "heartbeat written again", extra={"instance_id": self.instance_id}
+                    )
+                    self.error = None
+            raise_if_cancelled()
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
+            # lands as the inner wait completes, and this loop would then never end.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await changed.wait()
+
+    def _failed(self, error: BaseException, metrics: Metrics) -> None:
+        # Warned once per outage, not per beat: a verifier pointed at a read-only replica
+        # would otherwise log every few seconds. The issuer cannot see this instance meanwhile.
+        metrics.heartbeat_failures.inc()
+        reason = f"{type(error).__name__}: {error}"[:200]
+        if self.error is None:
+            logger.warning(
+                "heartbeat not written (%s): `keyherald status` and the issuer's confirmed gate "
+                "cannot see this verifier; give it a writable Redis (not a read-only replica)",
+                reason,
+                extra={"instance_id": self.instance_id},
+            )
+        self.error = reason
 
     async def beat(self, record: HeartbeatRecord) -> None:
         """Publish ``record`` with a fresh expiry and prune expired instances."""

@@ -136,13 +136,29 @@ class JwksRefresher:
             )
         return changed
 
-    async def poll(self, degraded: asyncio.Event, is_live: Callable[[], bool]) -> None:
-        """Poll while ``degraded`` is set, every ``max-age`` (clamped, minus jitter)."""
+    async def poll(
+        self,
+        degraded: asyncio.Event,
+        is_live: Callable[[], bool],
+        confirmed_at: Callable[[], float],
+    ) -> None:
+        """Poll while ``degraded`` is set, every ``max-age`` (clamped, minus jitter).
+
+        The first poll of an outage is due one interval after the keys were last confirmed
+        (by the stream or a fetch), not after the outage was noticed: the issuer's lead only
+        covers a key set at most ``max-age`` old.
+        """
         lo, hi = self._poll_bounds_s
+        first = True
         while True:
             await degraded.wait()
-            await asyncio.sleep(poll_delay_s(self.max_age_s, self._rng, min_s=lo, max_s=hi))
+            delay = poll_delay_s(self.max_age_s, self._rng, min_s=lo, max_s=hi)
+            if first:
+                delay = max(0.0, min(delay, confirmed_at() + delay - self._clock()))
+            first = False
+            await asyncio.sleep(delay)
             if is_live():
+                first = True
                 continue
             try:
                 await self.refresh("poll")

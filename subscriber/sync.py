@@ -15,7 +15,8 @@ import threading
 from concurrent.futures import Future
 from typing import Any
 
-from .verifier import Health, Verifier
+from .health import Health
+from .verifier import Verifier
 
 #: How long :meth:`SyncVerifier.start` and :meth:`SyncVerifier.close` wait for the loop.
 start_timeout_s = 30.0

@@ -12,8 +12,10 @@ poller that only polls while the stream is unreachable, and the presence heartbe
 - ``live``: following the stream; an unknown ``kid`` is refused at once, with no network.
 - ``degraded``: the stream is unreachable; the last known-good keys keep verifying, the JWKS is
   polled, and an unknown ``kid`` may trigger one background JWKS refresh per cooldown.
-- ``stale``: degraded for longer than ``max_staleness_s`` since the keys were last confirmed;
-  tokens are refused (``keys_stale``) unless ``stale_policy="keep_verifying"``.
+- ``failed``: the stream follower died (a bug, an incompatible dependency) and is being
+  restarted with backoff; the verifier behaves as ``degraded`` until it follows again.
+- ``stale``: degraded or failed for longer than ``max_staleness_s`` since the keys were last
+  confirmed; tokens are refused (``keys_stale``) unless ``stale_policy="keep_verifying"``.
 """
 
 import asyncio
@@ -22,8 +24,7 @@ import logging
 import math
 import os
 import socket
-from collections.abc import Coroutine, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Literal
 
 import httpx
@@ -35,7 +36,8 @@ from . import constants
 from .clock import Clock, system_clock
 from .errors import FetchError, InvalidKey, InvalidToken, KeyNotFound, KeyNotUsable
 from .events import Event, load_announcement_keys
-from .follower import StreamFollower, raise_if_cancelled
+from .follower import StreamFollower
+from .health import Health, State
 from .jwk import SUPPORTED_ALGS
 from .jwks_client import JwksClient, Metadata
 from .keyset import KeySet
@@ -43,31 +45,12 @@ from .metrics import Metrics, metrics_for
 from .presence import HeartbeatRecord, Presence, new_instance_id
 from .redis_keys import event_stream
 from .refresher import JwksRefresher
+from .supervisor import supervise
 from .verify import VerifyOptions, verify_token
 
 logger = logging.getLogger(__name__)
 
 StalePolicy = Literal["fail_closed", "keep_verifying"]
-State = Literal["live", "degraded", "stale"]
-
-
-@dataclass(frozen=True, slots=True)
-class Health:
-    """A verifier's view of itself, for readiness probes and dashboards.
-
-    :param kids: every kid the key set knows, with its state (gone keys included).
-    :param lag_s: issuer commit to this verifier applying the last event.
-    :param confirmed_at: when the key set was last confirmed current (stream or JWKS).
-    """
-
-    state: State
-    version: int
-    epoch: str | None
-    kids: Mapping[str, str]
-    lag_s: float | None
-    last_event_at: float | None
-    confirmed_at: float | None
-    instance_id: str
 
 
 def _positive(name: str, value: float) -> float:
@@ -189,10 +172,13 @@ class Verifier:
         self._confirmed_at = -math.inf
         self._last_event_ts: float | None = None
         self._lag_s: float | None = None
+        self._restarts = 0
+        self._failure: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._own_redis: aioredis.Redis | None = None
         self._own_http: httpx.AsyncClient | None = None
+        self._presence: Presence | None = None
         self._refresher: JwksRefresher | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -276,13 +262,25 @@ class Verifier:
             synced = False
         self._running = True
         self._on_connected(synced)
-        self._spawn(self._follower.run(synced=synced), "follower")
-        self._spawn(refresher.poll(self._degraded, lambda: self._live), "poller")
+        follower = self._follower
+        # A restarted follower resyncs first: the bootstrap's sync is only good once.
+        self._supervise("follower", lambda restarts: follower.run(synced=synced and not restarts))
+        self._supervise(
+            "poller",
+            lambda _: refresher.poll(
+                self._degraded, lambda: self._live, lambda: self._confirmed_at
+            ),
+        )
         if self._presence_on:
-            self._presence = Presence(
+            self._presence = presence = Presence(
                 self._redis, self.issuer, self.instance_id, self._clock, self._heartbeat_ttl_s
             )
-            self._spawn(self._heartbeat_loop(), "heartbeat")
+            self._supervise(
+                "heartbeat",
+                lambda _: presence.run(
+                    self.heartbeat_record, self._dirty, self._heartbeat_interval_s, self._metrics
+                ),
+            )
         logger.info(
             "verifier started (%s)",
             self.health().state,
@@ -300,7 +298,7 @@ class Verifier:
             task.cancel()
         # Children's CancelledError are results here; our own cancellation still propagates.
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._presence_on and getattr(self, "_presence", None) is not None:
+        if self._presence is not None:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._presence.leave()
@@ -315,6 +313,22 @@ class Verifier:
         task = asyncio.get_running_loop().create_task(coro, name=f"keyherald-{name}")
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def _supervise(self, name: str, start: Callable[[int], Coroutine[Any, Any, object]]) -> None:
+        self._spawn(
+            supervise(name, start, metrics=self._metrics, on_death=self._on_task_death), name
+        )
+
+    def _on_task_death(self, name: str, error: BaseException) -> None:
+        self._restarts += 1
+        if name != "follower":
+            return
+        # Nothing follows the stream any more: stop claiming to, so the poller takes over and
+        # readiness probes (and the issuer's confirmed gate, through the heartbeat) see it.
+        self._failure = f"follower died: {type(error).__name__}"
+        self._on_connected(False)
+        self._publish_state()
+        self._dirty.set()
 
     def _task_done(self, task: "asyncio.Task[Any]") -> None:
         self._tasks.discard(task)
@@ -390,6 +404,9 @@ class Verifier:
     def _on_connected(self, connected: bool) -> None:
         if connected:
             self._confirmed_at = self._clock()
+            if self._failure is not None:
+                self._failure = None
+                logger.warning("stream follower recovered", extra={"instance_id": self.instance_id})
         if connected == self._live:
             return
         self._live = connected
@@ -420,7 +437,7 @@ class Verifier:
             return "live"
         if self._clock() - self._confirmed_at > self._max_staleness_s:
             return "stale"
-        return "degraded"
+        return "failed" if self._failure is not None else "degraded"
 
     def _publish_state(self) -> State:
         state = self._state()
@@ -439,6 +456,9 @@ class Verifier:
             last_event_at=self._last_event_ts,
             confirmed_at=self._confirmed_at if math.isfinite(self._confirmed_at) else None,
             instance_id=self.instance_id,
+            restarts=self._restarts,
+            failure=self._failure,
+            heartbeat_error=self._presence.error if self._presence is not None else None,
         )
 
     def heartbeat_record(self) -> HeartbeatRecord:
@@ -457,17 +477,3 @@ class Verifier:
             last_event_ts=self._last_event_ts,
             updated_at=self._clock(),
         )
-
-    async def _heartbeat_loop(self) -> None:
-        while True:
-            self._dirty.clear()
-            try:
-                await self._presence.beat(self.heartbeat_record())
-            except (RedisError, OSError) as e:
-                logger.debug("heartbeat not written: %s", type(e).__name__)
-            raise_if_cancelled()
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
-            # lands as the inner wait completes, and this loop would then never end.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self._heartbeat_interval_s):
-                    await self._dirty.wait()
