@@ -5,9 +5,11 @@ Run from the repository root::
     python bench/verify.py            # the figures for the closing note (~30 s quiet)
     python bench/verify.py --quick    # a few seconds: checks the script runs
 
-For each of RS256, ES256 and EdDSA the bench starts the real system in-process: a private
-``redis-server``, the issuer app (its own key, generated and announced), and a started
-:class:`~subscriber.Verifier` that bootstrapped from the issuer over HTTP. The issuer's
+For each algorithm (RS256, ES256 and EdDSA, then the ones hosted identity providers sign
+with: RS384/512, PS256/384/512, ES384/512; ``--algs`` picks some) the bench starts the real
+system in-process: a private ``redis-server``, the issuer app (its own key, generated and
+announced), and a started :class:`~subscriber.Verifier` that bootstrapped from the issuer
+over HTTP. The issuer's
 ``Signer`` mints the tokens, and the same tokens go through
 
 - **keyherald**: ``Verifier.verify``, the call a service makes: the clock, the staleness
@@ -58,12 +60,15 @@ from issuer import create_app
 from issuer.settings import IssuerSettings
 from keyherald.redis_server import RedisServer
 from subscriber import Verifier
+from subscriber.jwk import SUPPORTED_ALGS
 from subscriber.jws import b64url_decode
 from subscriber.verify import verify_token
 
 ISSUER = "https://id.example.com"
 AUDIENCE = "orders-api"
-ALGS = ("RS256", "ES256", "EdDSA")
+ALGS = SUPPORTED_ALGS
+_HASHES = {"256": hashes.SHA256(), "384": hashes.SHA384(), "512": hashes.SHA512()}
+_EC_SIZE = {"ES256": 32, "ES384": 48, "ES512": 66}
 
 
 @dataclass
@@ -82,8 +87,9 @@ def _raw_inputs(alg: str, tokens: list[str]) -> list[tuple[bytes, bytes]]:
     for token in tokens:
         signing_input, _, signature_b64 = token.rpartition(".")
         signature = b64url_decode(signature_b64)
-        if alg == "ES256":
-            r, s = signature[:32], signature[32:]
+        if alg in _EC_SIZE:
+            size = _EC_SIZE[alg]
+            r, s = signature[:size], signature[size:]
             signature = encode_dss_signature(int.from_bytes(r, "big"), int.from_bytes(s, "big"))
         pairs.append((signature, signing_input.encode()))
     return pairs
@@ -133,15 +139,18 @@ async def live_subject(alg: str, count: int, redis_url: str) -> AsyncIterator[Su
 
 def _raw_run(alg: str, public: Any, pairs: list[tuple[bytes, bytes]]) -> Callable[[], None]:
     verify = public.verify
-    if alg == "RS256":
-        pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
+    if alg[:2] in ("RS", "PS"):
+        digest = _HASHES[alg[2:]]
+        pad: Any = padding.PKCS1v15()
+        if alg.startswith("PS"):
+            pad = padding.PSS(mgf=padding.MGF1(digest), salt_length=digest.digest_size)
 
         def raw() -> None:
             for signature, message in pairs:
-                verify(signature, message, pkcs1, sha256)
+                verify(signature, message, pad, digest)
 
-    elif alg == "ES256":
-        ecdsa = ec.ECDSA(hashes.SHA256())
+    elif alg in _EC_SIZE:
+        ecdsa = ec.ECDSA(_HASHES[alg[2:]])
 
         def raw() -> None:
             for signature, message in pairs:
@@ -235,7 +244,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, help="runs per contender (default 1000; quick 3)")
     parser.add_argument("--batch", type=int, help="tokens per run (default 10)")
     parser.add_argument("--tokens", type=int, help="distinct tokens per alg (default 400)")
+    parser.add_argument(
+        "--algs", default=",".join(ALGS), help=f"comma-separated (default {','.join(ALGS)})"
+    )
     args = parser.parse_args(argv)
+    algs = [a for a in args.algs.split(",") if a]
+    unknown = sorted(set(algs) - set(ALGS))
+    if unknown:
+        parser.error(f"--algs: {', '.join(unknown)} not supported; choose from {','.join(ALGS)}")
     rounds = args.rounds or (3 if args.quick else 1000)
     batch = args.batch or 10
     count = args.tokens or (batch if args.quick else 400)
@@ -254,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(header)
     with RedisServer(persistence="none") as server:
-        for alg in ALGS:
+        for alg in algs:
             rates = asyncio.run(run_alg(alg, count, server.url, rounds, batch))
             _print_row(alg, rates)
     return 0

@@ -11,8 +11,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from subscriber.jwk import MIN_RSA_BITS, thumbprint
+from subscriber.jwk import MIN_RSA_BITS, RSA_ALGS, thumbprint
 from subscriber.jws import b64url_encode
+from subscriber.signatures import EC_CURVES
 
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
@@ -54,11 +55,12 @@ def public_jwk(private_key: PrivateKey, alg: str) -> dict[str, Any]:
         }
     elif isinstance(private_key, ec.EllipticCurvePrivateKey):
         point = private_key.public_key().public_numbers()
+        crv, _, size = EC_CURVES[alg]
         jwk = {
             "kty": "EC",
-            "crv": "P-256",
-            "x": b64url_encode(_int_bytes(point.x, 32)),
-            "y": b64url_encode(_int_bytes(point.y, 32)),
+            "crv": crv,
+            "x": b64url_encode(_int_bytes(point.x, size)),
+            "y": b64url_encode(_int_bytes(point.y, size)),
         }
     else:
         raw = private_key.public_key().public_bytes(
@@ -70,19 +72,19 @@ def public_jwk(private_key: PrivateKey, alg: str) -> dict[str, Any]:
 
 
 def generate(alg: str, *, rsa_bits: int = RSA_BITS) -> KeyPair:
-    """A new signing key for ``alg`` (``RS256``, ``ES256`` or ``EdDSA``).
+    """A new signing key for ``alg`` (any of ``subscriber.jwk.SUPPORTED_ALGS``).
 
     :raises ValueError: an unsupported ``alg`` or an RSA size below 2048 bits.
     """
     private_key: PrivateKey
-    if alg == "RS256":
+    if alg in RSA_ALGS:
         if rsa_bits < MIN_RSA_BITS:
             raise ValueError(
                 f"RSA keys must have at least {MIN_RSA_BITS} bits, the input is {rsa_bits}"
             )
         private_key = rsa.generate_private_key(RSA_PUBLIC_EXPONENT, rsa_bits)
-    elif alg == "ES256":
-        private_key = ec.generate_private_key(ec.SECP256R1())
+    elif alg in EC_CURVES:
+        private_key = ec.generate_private_key(EC_CURVES[alg][1])
     elif alg == "EdDSA":
         private_key = ed25519.Ed25519PrivateKey.generate()
     else:
@@ -97,12 +99,18 @@ def load(der: bytes, alg: str) -> KeyPair:
     :raises ValueError: the DER is not a key of the type ``alg`` needs.
     """
     private_key = serialization.load_der_private_key(der, password=None)
-    expected = {
-        "RS256": rsa.RSAPrivateKey,
-        "ES256": ec.EllipticCurvePrivateKey,
-        "EdDSA": ed25519.Ed25519PrivateKey,
-    }.get(alg)
+    expected: type | None = None
+    if alg in RSA_ALGS:
+        expected = rsa.RSAPrivateKey
+    elif alg in EC_CURVES:
+        expected = ec.EllipticCurvePrivateKey
+    elif alg == "EdDSA":
+        expected = ed25519.Ed25519PrivateKey
     if expected is None or not isinstance(private_key, expected):
         raise ValueError(f'stored key does not match algorithm "{alg}"')
+    if isinstance(private_key, ec.EllipticCurvePrivateKey) and not isinstance(
+        private_key.curve, type(EC_CURVES[alg][1])
+    ):
+        raise ValueError(f'stored key is not on the curve of algorithm "{alg}"')
     jwk = public_jwk(private_key, alg)  # type: ignore[arg-type]
     return KeyPair(kid=jwk["kid"], alg=alg, private_key=private_key, jwk=jwk)  # type: ignore[arg-type]

@@ -33,7 +33,11 @@ class IssuerSettings(BaseSettings):
     admin_token: SecretStr | None = Field(
         None, description="bearer token of the /admin API (unset: admin API answers 401)"
     )
-    algorithm: str = Field("ES256", description="signing algorithm: RS256, ES256 or EdDSA")
+    algorithm: str = Field(
+        "ES256",
+        description="signing algorithm: ES256, EdDSA, RS256, RS384, RS512, PS256, PS384, PS512, "
+        "ES384 or ES512",
+    )
     rotation_period_s: float = Field(90 * DAY_S, description="how long a key signs")
     lead_s: float = Field(6 * DAY_S, description="how long a key is published before it signs")
     retire_grace_s: float = Field(

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from subscriber.jws import b64url_encode, compact_json
+from subscriber.signatures import EC_CURVES
 
 from .keygen import KeyPair
 
@@ -29,14 +30,32 @@ RESERVED_CLAIMS = frozenset({"iss", "iat", "nbf", "exp"})
 
 
 def sign_bytes(pair: KeyPair, signing_input: bytes) -> bytes:
-    """The JWS signature of ``signing_input`` (RS256, ES256 as r||s, or EdDSA)."""
-    key = pair.private_key
+    """The JWS signature of ``signing_input`` for ``pair.alg`` (RFC 7518 section 3).
+
+    RSxxx is PKCS #1 v1.5, PSxxx is PSS with MGF1 and a salt as long as the hash, ESxxx is
+    ``r || s`` at the curve's fixed width, EdDSA is Ed25519.
+    """
+    key, alg = pair.private_key, pair.alg
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(signing_input)
+    algorithm = _HASHES[alg[2:]]
     if isinstance(key, rsa.RSAPrivateKey):
-        return key.sign(signing_input, padding.PKCS1v15(), hashes.SHA256())
+        if alg.startswith("PS"):
+            pss = padding.PSS(mgf=padding.MGF1(algorithm), salt_length=algorithm.digest_size)
+            return key.sign(signing_input, pss, algorithm)
+        return key.sign(signing_input, padding.PKCS1v15(), algorithm)
     if isinstance(key, ec.EllipticCurvePrivateKey):
-        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(hashes.SHA256())))
-        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-    return key.sign(signing_input)
+        size = EC_CURVES[alg][2]
+        r, s = decode_dss_signature(key.sign(signing_input, ec.ECDSA(algorithm)))
+        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
+    raise ValueError(f'key does not fit algorithm "{alg}"')
+
+
+_HASHES: dict[str, hashes.HashAlgorithm] = {
+    "256": hashes.SHA256(),
+    "384": hashes.SHA384(),
+    "512": hashes.SHA512(),
+}
 
 
 def encode_jwt(pair: KeyPair, claims: Mapping[str, Any]) -> str:

@@ -13,7 +13,7 @@ count them::
     │   └── InvalidClaims            expired, not_yet_valid, issued_in_future, wrong_issuer,
     │                                wrong_audience, missing_claim, invalid_claim
     ├── InvalidKey                   a JWK refused at load (weak_key, unsupported_key, bad_jwk,
-    │                                private_key_material, duplicate_kid)
+    │                                missing_alg, private_key_material, duplicate_kid)
     ├── EventError                   a stream event refused (malformed_event, forged_event,
     │                                wrong_issuer, unsupported_schema)
     └── FetchError                   metadata/JWKS could not be fetched or parsed

@@ -43,7 +43,7 @@ def ec_key() -> ec.EllipticCurvePrivateKey:
 
 def rsa_jwk(key: rsa.RSAPrivateKey, **extra: Any) -> dict[str, Any]:
     nums = key.public_key().public_numbers()
-    return {"kty": "RSA", "kid": "r1", "n": _int(nums.n), "e": _int(nums.e)} | extra
+    return {"kty": "RSA", "kid": "r1", "alg": "RS256", "n": _int(nums.n), "e": _int(nums.e)} | extra
 
 
 def ec_jwk(key: ec.EllipticCurvePrivateKey, **extra: Any) -> dict[str, Any]:
@@ -67,10 +67,53 @@ def test_keys_load_with_the_algorithm_their_type_implies(
     rsa_key: rsa.RSAPrivateKey, ec_key: ec.EllipticCurvePrivateKey
 ) -> None:
     assert load_public_jwk(rsa_jwk(rsa_key)).alg == "RS256"
+    assert load_public_jwk(rsa_jwk(rsa_key, alg="PS384")).alg == "PS384"
     assert load_public_jwk(ec_jwk(ec_key, alg="ES256", use="sig")).alg == "ES256"
+    assert load_public_jwk(ec_jwk(ec_key)).alg == "ES256"
     raw = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
     ed = load_public_jwk({"kty": "OKP", "crv": "Ed25519", "kid": "o1", "x": b64url_encode(raw)})
     assert ed.alg == "EdDSA" and ed.kid == "o1"
+
+
+def test_an_rsa_key_without_alg_needs_one_from_the_caller(rsa_key: rsa.RSAPrivateKey) -> None:
+    """Six algorithms fit an RSA key: guessing one would be an accident, so it is refused."""
+    bare = {k: v for k, v in rsa_jwk(rsa_key).items() if k != "alg"}
+    assert refused(bare) == "missing_alg"
+    assert load_public_jwk(bare, default_alg="RS512").alg == "RS512"
+    # The JWK's own alg wins, and a default that is not an RSA algorithm fits nothing.
+    assert load_public_jwk(bare | {"alg": "PS256"}, default_alg="RS512").alg == "PS256"
+    with pytest.raises(InvalidKey) as info:
+        load_public_jwk(bare, default_alg="ES256")
+    assert info.value.reason == "unsupported_key"
+    # The default never applies to a key type whose curve fixes the algorithm.
+    ec_key = ec.generate_private_key(ec.SECP384R1())
+    nums = ec_key.public_key().public_numbers()
+    es = {"kty": "EC", "crv": "P-384", "kid": "e", "x": _int(nums.x, 48), "y": _int(nums.y, 48)}
+    assert load_public_jwk(es, default_alg="RS256").alg == "ES384"
+
+
+@pytest.mark.parametrize(
+    ("alg", "crv", "curve", "size"),
+    [
+        ("ES256", "P-256", ec.SECP256R1(), 32),
+        ("ES384", "P-384", ec.SECP384R1(), 48),
+        ("ES512", "P-521", ec.SECP521R1(), 66),
+    ],
+)
+def test_ec_curves_fix_the_algorithm_and_the_width(
+    alg: str, crv: str, curve: ec.EllipticCurve, size: int
+) -> None:
+    key = ec.generate_private_key(curve)
+    nums = key.public_key().public_numbers()
+    jwk = {"kty": "EC", "crv": crv, "kid": "e", "x": _int(nums.x, size), "y": _int(nums.y, size)}
+    public = load_public_jwk(jwk)
+    assert public.alg == alg
+    for other in ("ES256", "ES384", "ES512"):
+        if other != alg:
+            assert refused(jwk | {"alg": other}) == "unsupported_key"
+    # RFC 7518 6.2.1.2: coordinates are the full width of the field, leading zeros kept.
+    assert refused(jwk | {"x": _int(nums.x, size + 1)}) == "bad_jwk"
+    assert refused(jwk | {"y": _int((nums.y + 1) % 2 ** (8 * size), size)}) == "bad_jwk"
 
 
 def test_verify_is_bound_and_never_raises_for_bad_signatures(
@@ -96,7 +139,8 @@ def test_weak_rsa_keys_are_refused() -> None:
     assert refused(rsa_jwk(small)) == "weak_key"
     nums = rsa.generate_private_key(65537, 2048).public_key().public_numbers()
     for e in (1, 2, 65536):
-        assert refused({"kty": "RSA", "kid": "r", "n": _int(nums.n), "e": _int(e)}) == "weak_key"
+        jwk = {"kty": "RSA", "kid": "r", "alg": "RS256", "n": _int(nums.n), "e": _int(e)}
+        assert refused(jwk) == "weak_key"
 
 
 def test_roca_fingerprint() -> None:
@@ -127,7 +171,9 @@ def test_ec_points_must_be_on_the_curve(ec_key: ec.EllipticCurvePrivateKey) -> N
     nums = ec_key.public_key().public_numbers()
     assert refused(jwk | {"y": _int((nums.y + 1) % 2**256, 32)}) == "bad_jwk"
     assert refused(jwk | {"x": _int(nums.x, 33)}) == "bad_jwk"  # not 32 bytes
-    assert refused(jwk | {"crv": "P-384"}) == "unsupported_key"
+    assert refused(jwk | {"crv": "P-384"}) == "bad_jwk"  # P-256 coordinates are too short
+    assert refused(jwk | {"crv": "P-192"}) == "unsupported_key"
+    assert refused(jwk | {"crv": "secp256k1"}) == "unsupported_key"
     assert refused(jwk | {"crv": ["P-256"]}) == "unsupported_key"  # unhashable: no TypeError
 
 
@@ -135,9 +181,11 @@ def test_ec_points_must_be_on_the_curve(ec_key: ec.EllipticCurvePrivateKey) -> N
     ("change", "reason"),
     [
         ({"d": "AAAA"}, "private_key_material"),
-        ({"alg": "RS384"}, "unsupported_key"),
-        ({"alg": "PS256"}, "unsupported_key"),
+        ({"alg": "ES256"}, "unsupported_key"),
+        ({"alg": "HS256"}, "unsupported_key"),
+        ({"alg": "RSA-OAEP"}, "unsupported_key"),
         ({"alg": "none"}, "unsupported_key"),
+        ({"alg": 256}, "bad_jwk"),
         ({"kty": "oct", "k": "AAAA"}, "unsupported_key"),
         ({"kty": ["RSA"]}, "unsupported_key"),
         ({"use": "enc"}, "bad_jwk"),

@@ -26,7 +26,7 @@ from subscriber.errors import (
     KeyNotUsable,
     MalformedToken,
 )
-from subscriber.jwk import PublicKey, load_public_jwk
+from subscriber.jwk import SUPPORTED_ALGS, PublicKey, load_public_jwk
 from subscriber.jws import URLSAFE_TO_STD, b64url_encode
 from subscriber.verify import VerifyOptions, check_claims, verify_signature, verify_token
 
@@ -326,7 +326,7 @@ def test_unencoded_payload_is_refused_and_b64_true_is_harmless(es: Signer) -> No
 # --- the algorithm comes from the key ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("alg", ["none", "None", "HS256", "RS384", "PS256", "ES512", ""])
+@pytest.mark.parametrize("alg", ["none", "None", "HS256", "ES521", "RS1", "es256", ""])
 def test_algorithms_outside_the_allowed_set_are_refused(es: Signer, alg: str) -> None:
     header_segment = _b64json({"alg": alg, "kid": es.kid})
     payload_segment = _b64json(valid_claims())
@@ -334,6 +334,17 @@ def test_algorithms_outside_the_allowed_set_are_refused(es: Signer, alg: str) ->
         token = f"{header_segment}.{payload_segment}.{signature}"
         err = refused(token, keys_of(es))
         assert isinstance(err, BadSignature) and err.reason == "alg_not_allowed"
+
+
+@pytest.mark.parametrize("alg", ["RS256", "RS384", "PS256", "ES384", "ES512", "EdDSA"])
+def test_a_supported_algorithm_that_is_not_the_keys_is_refused(es: Signer, alg: str) -> None:
+    token = f"{_b64json({'alg': alg, 'kid': es.kid})}.{_b64json(valid_claims())}.AAAA"
+    err = refused(token, keys_of(es))
+    assert isinstance(err, BadSignature) and err.reason == "alg_mismatch"
+    narrow = VerifyOptions(issuer=ISSUER, audience=AUDIENCE, algorithms={"ES256"})
+    with pytest.raises(BadSignature) as info:
+        verify_token(token, keys_of(es), narrow, NOW)
+    assert info.value.reason == "alg_not_allowed"
 
 
 def test_hmac_with_the_public_key_as_secret_is_refused(signers: dict[str, Signer]) -> None:
@@ -682,7 +693,7 @@ def test_options_normalise_collections_and_stay_hashable() -> None:
     assert options.audience == frozenset({"a", "b"})
     assert options.algorithms == frozenset({"ES256"})
     assert hash(options) == hash(replace(options))
-    assert OPTIONS.algorithms == frozenset({"RS256", "ES256", "EdDSA"})
+    assert OPTIONS.algorithms == frozenset(SUPPORTED_ALGS) and len(SUPPORTED_ALGS) == 10
     assert OPTIONS.leeway_s == 30.0 and OPTIONS.max_token_bytes == 8192
 
 

@@ -5,18 +5,20 @@ Every vector of ``json_web_signature_test.json`` and ``json_web_key_test.json`` 
 :func:`subscriber.verify.verify_signature`, exactly as a verifier would use them (the vectors
 carry no ``iss``/``aud``/``exp``, so the claims stage is not involved).
 
-- For algorithms keyherald supports (RS256, ES256, EdDSA) our verdict must equal the label.
-- For algorithms it deliberately does not support (HS*, PS*, RS384/512, ES384/512, …) every
-  vector must be refused, valid ones included: we fail closed, and a valid vector must be
-  refused as ``unsupported_key`` (its key does not load). Each such token is then tried again
-  against a key we do support held under the kid it names (the same RSA or P-256 material
-  loaded as RS256/ES256 when there is one, a fixed Ed25519 key otherwise): unless the token's
-  ``alg`` is that key's, it must still be refused, valid ones as ``alg_not_allowed`` or
-  ``alg_mismatch``. The token cannot pick the algorithm.
+- For algorithms keyherald supports (RS256/384/512, PS256/384/512, ES256/384/512, EdDSA) our
+  verdict must equal the label.
+- For keys it deliberately does not load (HS*, the non-JOSE ``ES521``, an RSA key that names
+  no algorithm) every vector must be refused, valid ones included: we fail closed, and a valid
+  vector must be refused as ``unsupported_key`` or ``missing_alg`` (its key does not load).
+  Each such token is then tried again against a key we do support held under the kid it
+  names (the same RSA or P-256 material loaded as RS256/ES256 when there is one, a fixed
+  Ed25519 key otherwise): unless the token's ``alg`` is that key's, it must still be refused,
+  valid ones as ``alg_not_allowed`` or ``alg_mismatch``. The token cannot pick the algorithm.
 
 Upstream mislabels four HS256 vectors; they are overridden here (see the README beside the
-data). The raw primitive files (ECDSA P-256 in P1363 form, Ed25519, RSA-2048 PKCS#1 v1.5
-SHA-256) run against :attr:`subscriber.jwk.PublicKey.verify`.
+data). The raw primitive files (ECDSA P-256/P-384/P-521 in P1363 form, Ed25519, RSA-2048
+PKCS#1 v1.5 with SHA-256/384/512, RSA-PSS 2048 with SHA-256/384 and 4096 with SHA-512, each
+with the salt length JWS fixes) run against :attr:`subscriber.jwk.PublicKey.verify`.
 """
 
 import json
@@ -38,8 +40,17 @@ DATA = Path(__file__).resolve().parent.parent / "data" / "wycheproof"
 OPTIONS = VerifyOptions(issuer="https://wycheproof.invalid", audience="wycheproof")
 #: tcId -> corrected label (upstream mislabels; see tests/data/wycheproof/README.md).
 OVERRIDES = {367: "valid", 370: "valid", 372: "invalid", 373: "invalid"}
-FAIL_CLOSED = {"unsupported_key", "alg_not_allowed"}
-_INFERRED = {("RSA", None): "RS256", ("EC", "P-256"): "ES256", ("OKP", "Ed25519"): "EdDSA"}
+#: tcId -> our reason, where we are stricter than the label by design: RFC 7520 Figure 20 signs
+#: PS384 with a key whose JWK says ``alg: PS256``. The algorithm comes from the key (RFC 8725
+#: 3.1), so the token is refused; with the key labelled PS384 it verifies (checked below).
+STRICTER = {346: "alg_mismatch", 350: "alg_mismatch"}
+FAIL_CLOSED = {"unsupported_key", "missing_alg", "alg_not_allowed"}
+_BY_CURVE = {
+    ("EC", "P-256"): "ES256",
+    ("EC", "P-384"): "ES384",
+    ("EC", "P-521"): "ES512",
+    ("OKP", "Ed25519"): "EdDSA",
+}
 
 
 def _load(name: str) -> dict[str, Any]:
@@ -47,8 +58,11 @@ def _load(name: str) -> dict[str, Any]:
 
 
 def _supported(jwk: dict[str, Any]) -> bool:
-    inferred = _INFERRED.get((jwk.get("kty"), jwk.get("crv")))
-    return inferred in SUPPORTED_ALGS and jwk.get("alg", inferred) == inferred
+    """Whether the key is one keyherald loads: a JOSE algorithm that fits its type."""
+    if jwk.get("kty") == "RSA" and "crv" not in jwk:
+        return jwk.get("alg") in SUPPORTED_ALGS and jwk["alg"][:2] in ("RS", "PS")
+    fixed = _BY_CURVE.get((jwk.get("kty"), jwk.get("crv")))
+    return fixed is not None and jwk.get("alg", fixed) == fixed
 
 
 def _header(token: str) -> dict[str, Any]:
@@ -77,7 +91,7 @@ def _stand_in(jwk: dict[str, Any], token: str) -> PublicKey | None:
     names = members.get(jwk.get("kty", ""), ())
     if names and all(n in jwk for n in names):
         try:
-            return load_public_jwk({n: jwk[n] for n in names})
+            return load_public_jwk({n: jwk[n] for n in names}, default_alg="RS256")
         except InvalidKey:
             pass
     kid = _header(token).get("kid")
@@ -144,6 +158,11 @@ def _jws_verdict(case: Case) -> str:
 @pytest.mark.parametrize("case", JWS_CASES, ids=lambda c: c.id)
 def test_json_web_signature_vector(case: Case) -> None:
     verdict = _jws_verdict(case)
+    if case.tc_id in STRICTER:
+        assert verdict == STRICTER[case.tc_id]
+        relabelled = {**case.keys[0], "alg": _header(case.token)["alg"]}
+        assert _verdict({case.keys[0]["kid"]: load_public_jwk(relabelled)}, case.token) == "valid"
+        return
     if case.supported:
         assert (verdict == "valid") == (case.expected == "valid"), verdict
         return
@@ -158,11 +177,24 @@ def test_json_web_signature_vector(case: Case) -> None:
             assert refusal in {"alg_not_allowed", "alg_mismatch"}
 
 
+@pytest.mark.parametrize("tc_id", [345, 346, 347])
+def test_rfc7520_figures_verify_with_the_key_labelled_as_the_token_says(tc_id: int) -> None:
+    """RFC 7520 Figures 13 (RS256), 20 (PS384) and 27 (ES512), as Wycheproof carries them.
+
+    Figures 20 and 27 come with a key labelled otherwise (PS256; the non-JOSE "ES521"), which
+    we refuse; labelled with the token's own algorithm, the key verifies the RFC's signature.
+    """
+    (case,) = [c for c in JWS_CASES if c.tc_id == tc_id]
+    relabelled = {**case.keys[0], "alg": _header(case.token)["alg"]}
+    assert _verdict({case.keys[0]["kid"]: load_public_jwk(relabelled)}, case.token) == "valid"
+    assert _verdict({case.keys[0]["kid"]: load_public_jwk(relabelled)}, case.token[:-2]) != "valid"
+
+
 def test_json_web_signature_classification() -> None:
     """All 401 vectors are classified; the counts are what the report quotes."""
     tally = Counter(
         (
-            "supported" if c.supported else "unsupported",
+            "stricter" if c.tc_id in STRICTER else "supported" if c.supported else "unsupported",
             c.expected,
             "accepted" if _jws_verdict(c) == "valid" else "refused",
         )
@@ -170,10 +202,13 @@ def test_json_web_signature_classification() -> None:
     )
     assert sum(tally.values()) == 401 == len({c.tc_id for c in JWS_CASES})
     assert tally == {
-        ("supported", "valid", "accepted"): 10,
-        ("supported", "invalid", "refused"): 266,
-        ("unsupported", "valid", "refused"): 36,
-        ("unsupported", "invalid", "refused"): 89,
+        ("supported", "valid", "accepted"): 32,
+        ("supported", "invalid", "refused"): 323,
+        ("stricter", "valid", "refused"): 2,
+        # HS256 (10) and the non-JOSE "ES521" (2): keys we refuse to load.
+        ("unsupported", "valid", "refused"): 12,
+        # HS256 (30) and two RSA keys that name no algorithm.
+        ("unsupported", "invalid", "refused"): 32,
     }
 
 
@@ -250,14 +285,18 @@ def _b64(hex_value: str, size: int | None = None) -> str:
     return b64url_encode(value.to_bytes(size or (value.bit_length() + 7) // 8, "big"))
 
 
+_CURVES = {"ES256": ("P-256", 32), "ES384": ("P-384", 48), "ES512": ("P-521", 66)}
+
+
 def _primitive_jwk(public: dict[str, Any], alg: str) -> dict[str, Any]:
     """The group's public key as the JWK a verifier would receive."""
-    if alg == "ES256":
+    if alg in _CURVES:
+        crv, size = _CURVES[alg]
         return {
             "kty": "EC",
-            "crv": "P-256",
-            "x": _b64(public["wx"], 32),
-            "y": _b64(public["wy"], 32),
+            "crv": crv,
+            "x": _b64(public["wx"], size),
+            "y": _b64(public["wy"], size),
         }
     if alg == "EdDSA":
         return {"kty": "OKP", "crv": "Ed25519", "x": _b64(public["pk"], 32)}
@@ -273,11 +312,25 @@ def _primitive_cases(name: str, alg: str) -> list[tuple[str, PublicKey, dict[str
     return cases
 
 
-PRIMITIVE_CASES = (
-    _primitive_cases("ecdsa_secp256r1_sha256_p1363_test.json", "ES256")
-    + _primitive_cases("ed25519_test.json", "EdDSA")
-    + _primitive_cases("rsa_signature_2048_sha256_test.json", "RS256")
-)
+PRIMITIVE_FILES = {
+    "ES256": "ecdsa_secp256r1_sha256_p1363_test.json",
+    "ES384": "ecdsa_secp384r1_sha384_p1363_test.json",
+    "ES512": "ecdsa_secp521r1_sha512_p1363_test.json",
+    "EdDSA": "ed25519_test.json",
+    "RS256": "rsa_signature_2048_sha256_test.json",
+    "RS384": "rsa_signature_2048_sha384_test.json",
+    "RS512": "rsa_signature_2048_sha512_test.json",
+    "PS256": "rsa_pss_2048_sha256_mgf1_32_test.json",
+    "PS384": "rsa_pss_2048_sha384_mgf1_48_test.json",
+    "PS512": "rsa_pss_4096_sha512_mgf1_64_test.json",
+}
+PRIMITIVE_CASES = [
+    case for alg, name in PRIMITIVE_FILES.items() for case in _primitive_cases(name, alg)
+]
+
+
+def test_every_supported_algorithm_has_primitive_vectors() -> None:
+    assert sorted(PRIMITIVE_FILES) == sorted(SUPPORTED_ALGS)
 
 
 @pytest.mark.parametrize(
@@ -285,7 +338,8 @@ PRIMITIVE_CASES = (
 )
 def test_primitive_vector(key: PublicKey, test: dict[str, Any]) -> None:
     accepted = key.verify(bytes.fromhex(test["sig"]), bytes.fromhex(test["msg"]))
-    # "acceptable" (one RSA vector, a DigestInfo without the NULL parameter): we are strict.
+    # "acceptable" (one vector per PKCS #1 file, a DigestInfo without the NULL parameter):
+    # we are strict.
     assert accepted == (test["result"] == "valid")
 
 
@@ -294,9 +348,25 @@ def test_primitive_vector_counts() -> None:
     assert tally == {
         ("ES256", "valid"): 173,
         ("ES256", "invalid"): 89,
+        ("ES384", "valid"): 193,
+        ("ES384", "invalid"): 87,
+        ("ES512", "valid"): 231,
+        ("ES512", "invalid"): 87,
         ("EdDSA", "valid"): 88,
         ("EdDSA", "invalid"): 63,
+        ("PS256", "valid"): 63,
+        ("PS256", "invalid"): 45,
+        ("PS384", "valid"): 95,
+        ("PS384", "invalid"): 46,
+        ("PS512", "valid"): 132,
+        ("PS512", "invalid"): 47,
         ("RS256", "valid"): 9,
         ("RS256", "invalid"): 249,
         ("RS256", "acceptable"): 1,
+        ("RS384", "valid"): 7,
+        ("RS384", "invalid"): 250,
+        ("RS384", "acceptable"): 1,
+        ("RS512", "valid"): 8,
+        ("RS512", "invalid"): 250,
+        ("RS512", "acceptable"): 1,
     }
