@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SRC := $(wildcard issuer subscriber relay keyherald tests bench)
+SRC := $(wildcard issuer subscriber relay watcher keyherald tests bench)
 
 .PHONY: test lint mypy pytest demo soak bench clean
 
