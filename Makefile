@@ -32,6 +32,7 @@ soak: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/propagation.py
+	$(BIN)/python bench/upstream.py
 
 demo: $(STAMP)
 	$(BIN)/keyherald demo
