@@ -7,11 +7,12 @@ from .consumer import StreamConsumer, read_history
 from .delivery import Deliverer
 from .egress import EgressPolicy, forbidden_reason, redact_url
 from .errors import ConfigError, DeliveryFailed, EgressRefused, PartnerNotFound, RelayError
+from .items import Item
 from .keysource import JwksKeySource, KeySnapshot, KeySource
 from .metrics import RelayMetrics
 from .partners import Partner, PartnerStore
 from .policy import DeliveryPolicy
-from .queue import DeliveryStore, Item
+from .queue import DeliveryStore
 from .schedule import RetrySchedule
 from .service import Relay
 from .settings import RelaySettings

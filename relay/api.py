@@ -11,7 +11,8 @@
     POST   /admin/partners/{id}/rotate-secret new secret, once; the old one stays valid for
                                               the overlap
     GET    /admin/partners/{id}/attempts      latest delivery attempts, newest first
-    POST   /admin/partners/{id}/replay        queue again every event from a version on
+    POST   /admin/partners/{id}/replay        queue again every event from a version on; says
+                                              how many events, as how many deliveries
     GET    /admin/dead-letters                exhausted deliveries and refused stream entries
     GET    /metrics                           Prometheus (no token: scrapers hold none)
 """
@@ -120,12 +121,19 @@ async def attempts(
 
 
 @router.post("/partners/{partner_id}/replay", status_code=status.HTTP_202_ACCEPTED)
-async def replay(partner_id: str, body: ReplayIn, relay: RelayDep) -> dict[str, int]:
-    """Queue again, with new webhook ids, every event still in the stream from a version."""
+async def replay(partner_id: str, body: ReplayIn, relay: RelayDep) -> dict[str, Any]:
+    """Queue again, with new webhook ids, every event still in the stream from a version; the
+    answer says how many events and as how many deliveries (fewer only with collapse on)."""
     await relay.partners.get(partner_id)
     events = await read_history(relay.redis, relay.issuer, relay.announce_keys, body.from_version)
-    queued = await relay.deliverer.replay(partner_id, events)
-    return {"queued": queued, "from_version": body.from_version}
+    plan = await relay.deliverer.replay(partner_id, events)
+    return {
+        "queued": plan.events,
+        "deliveries": plan.deliveries,
+        "versions": [plan.versions[0], plan.versions[-1]] if plan.versions else [],
+        "collapse": relay.deliverer.policy.collapse,
+        "from_version": body.from_version,
+    }
 
 
 @router.get("/dead-letters")

@@ -8,7 +8,12 @@ replica that dies between reading and queueing leaves it pending, and then:
 * peers ``XAUTOCLAIM`` entries idle longer than ``idle_before_claim_s`` (which exceeds the
   delivery timeout, so a live replica's work is never taken from it);
 * an entry that was handed out more than ``max_attempts`` times, or whose signature does not
-  verify, goes to the dead-letter stream and is acknowledged instead of blocking the group.
+  verify, goes to the dead-letter stream and is acknowledged instead of blocking the group;
+* consumers with nothing pending that stayed idle past the same threshold (a replica that
+  restarted under a new name, the default ``<host>-<pid>``, or went away) are deleted.
+
+Until reclaimed entries are queued, deliveries of newer events wait for them (see
+:mod:`relay.delivery`), so an entry reclaimed late is still delivered, in order.
 
 After a Redis restart without persistence the group is gone and reads fail with ``NOGROUP``
 (after a FLUSHALL, a blocked read fails with ``UNBLOCKED``); the group is recreated from the
@@ -30,6 +35,7 @@ from subscriber.events import Event, parse_event
 from subscriber.redis_keys import event_stream
 
 from . import constants
+from .items import Recorded
 from .metrics import RelayMetrics
 from .queue import DeliveryStore, text
 
@@ -42,6 +48,23 @@ Entry = tuple[bytes, Mapping[bytes, bytes]]
 #: Fetches the announcement keys the issuer publishes now (kid -> key); raises a
 #: :class:`~subscriber.errors.KeyheraldError` (``FetchError``, ``InvalidKey``) when it cannot.
 KeyRefresher = Callable[[], Awaitable[Mapping[str, Ed25519PublicKey]]]
+
+
+# Consumers with nothing pending, idle past the claim threshold, other than ourselves. Checked
+# and deleted in one script: XGROUP DELCONSUMER drops a consumer's pending entries, so one that
+# read something between a check and a delete must never be deleted.
+_PRUNE = """
+local removed = {}
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #row, 2 do f[row[i]] = row[i + 1] end
+  if f['name'] ~= ARGV[2] and f['pending'] == 0 and f['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    removed[#removed + 1] = f['name']
+  end
+end
+return removed
+"""
 
 
 def _cancelling() -> bool:
@@ -100,6 +123,8 @@ class StreamConsumer:
         self._refresh_keys = refresh_keys
         self._refresh_cooldown_s = refresh_cooldown_s
         self._refreshed_at: float | None = None
+        self._prune = redis.register_script(_PRUNE)
+        self._pruned_at: float | None = None
 
     async def ensure_group(self) -> None:
         """Create the group (and the stream) if missing; an existing group is kept."""
@@ -149,6 +174,10 @@ class StreamConsumer:
             self._retry_own = False
             handled += await self.drain_own_pending()
         handled += await self.claim_idle()
+        now = time.monotonic()
+        if self._pruned_at is None or now - self._pruned_at >= self._idle_ms / 1000:
+            self._pruned_at = now
+            await self.prune_consumers()
         reply = await self._redis.xreadgroup(
             self.group,
             self.consumer,
@@ -200,6 +229,17 @@ class StreamConsumer:
         counts = {text(row["message_id"]): int(row["times_delivered"]) for row in rows}
         await self._handle_all(entries, counts)
         return len(entries)
+
+    async def prune_consumers(self) -> list[str]:
+        """Delete the group's consumers that have nothing pending and were idle longer than
+        the claim threshold (never this one); returns their names."""
+        removed = await self._prune(
+            keys=[self.stream], args=[self.group, self.consumer, self._idle_ms]
+        )
+        names = [text(n) for n in removed or []]
+        if names:
+            logger.info("removed idle consumers with nothing pending: %s", ", ".join(names))
+        return names
 
     async def _handle_all(self, entries: list[Entry], counts: Mapping[str, int]) -> set[str]:
         present = set()
@@ -290,18 +330,18 @@ async def read_history(
     issuer: str,
     announce_keys: Mapping[str, Ed25519PublicKey],
     from_version: int,
-) -> list[tuple[Event, str]]:
+) -> list[Recorded]:
     """Verified events still in the stream with ``version >= from_version`` (for replays),
     of the newest epoch present, in version order. Entries that do not verify are skipped."""
     stream = event_stream(issuer)
-    found: dict[int, tuple[Event, str]] = {}
+    found: dict[int, Recorded] = {}
     epoch = None
     start = "-"
     while True:
         rows = await redis.xrange(stream, min=start, count=1000)
         if not rows:
             break
-        for _, fields in rows:
+        for entry_id, fields in rows:
             if not fields:
                 continue
             try:
@@ -311,6 +351,7 @@ async def read_history(
             if event.epoch != epoch:
                 found, epoch = {}, event.epoch
             if event.version >= from_version:
-                found[event.version] = (event, text(fields.get(b"jws", fields.get("jws"))))
+                jws = text(fields.get(b"jws", fields.get("jws")))
+                found[event.version] = Recorded(event, jws, text(entry_id))
         start = "(" + text(rows[-1][0])
     return [found[v] for v in sorted(found)]

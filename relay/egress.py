@@ -179,6 +179,10 @@ class EgressPolicy:
         return chosen
 
 
+#: The only answer headers the relay looks at (a 429/503's wait, a 3xx's target).
+_KEPT_HEADERS = ("retry-after", "location")
+
+
 @dataclass(frozen=True, slots=True)
 class Response:
     """What the relay keeps of a partner's answer."""
@@ -269,7 +273,7 @@ async def post(
             await response.aclose()
     return Response(
         status=response.status_code,
-        headers={k: v for k, v in response.headers.items() if k.lower() == "retry-after"},
+        headers={k: v for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS},
         body=bytes(body),
         truncated=truncated,
         latency_s=time.monotonic() - started,

@@ -11,7 +11,7 @@ retried, rather than sending a partner a set that lacks the announced key.
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -20,7 +20,7 @@ from subscriber.errors import FetchError
 from subscriber.jwks_client import JwksClient
 
 from .errors import DeliveryFailed
-from .queue import Item
+from .items import Item
 
 logger = logging.getLogger(__name__)
 
@@ -88,12 +88,13 @@ async def current_for(source: KeySource, item: Item) -> KeySnapshot:
     return snap
 
 
-def payload(item: Item, keys: KeySnapshot) -> bytes:
+def payload(item: Item, keys: KeySnapshot, items: Sequence[Item] = ()) -> bytes:
     """The webhook body, in Standard Webhooks' ``{type, timestamp, data}`` shape.
 
     ``data.event`` is the verified announcement, ``data.jws`` the issuer-signed original (a
     partner may check it against the announcement keys), ``data.jwks`` the full key set and
-    ``data.version`` its version.
+    ``data.version`` its version. ``data.events`` lists every event the delivery stands for
+    (``items``, default ``item`` alone; more than one only when collapsing), oldest first.
     """
     event = item.event
     body = {
@@ -101,6 +102,7 @@ def payload(item: Item, keys: KeySnapshot) -> bytes:
         "timestamp": datetime.fromtimestamp(float(event["ts"]), tz=UTC).isoformat(),
         "data": {
             "event": dict(event),
+            "events": [dict(i.event) for i in (items or (item,))],
             "jws": item.jws,
             "version": keys.version,
             "epoch": keys.epoch,

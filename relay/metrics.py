@@ -42,6 +42,13 @@ class RelayMetrics:
             ["partner"],
             registry=self.registry,
         )
+        self.held = Counter(
+            "keyherald_relay_held",
+            "Delivery steps that waited because an older stream entry was not queued yet (a "
+            "replica died holding it, until it is reclaimed).",
+            ["partner"],
+            registry=self.registry,
+        )
         self.dead_letters = Counter(
             "keyherald_relay_dead_letters",
             "Entries moved to the dead-letter stream, by kind (delivery or stream) and reason.",
@@ -56,9 +63,9 @@ class RelayMetrics:
         )
 
     def forget_partner(self, partner_id: str) -> None:
-        """Drop a deleted partner's gauges so it stops being reported."""
-        for gauge in (self.queue_depth, self.oldest_age):
+        """Drop a deleted partner's series so it stops being reported."""
+        for metric in (self.queue_depth, self.oldest_age, self.held):
             try:
-                gauge.remove(partner_id)
+                metric.remove(partner_id)
             except KeyError:
                 pass

@@ -28,7 +28,9 @@ class DeliveryPolicy:
     :param lease_s: a partner's delivery lease; must exceed ``deadline_s``.
     :param failure_disable_s: continuous failure after which a partner is disabled.
     :param poll_interval_s: how often a replica looks for work queued by other replicas.
-    :param collapse: drop queued items a delivered full key set already covers.
+    :param collapse: let one delivery stand for the queued items after its head that its
+        full key set already covers (listed in ``data.events``; a revocation always travels
+        alone). Off: every event is its own delivery.
     """
 
     schedule: RetrySchedule
@@ -37,7 +39,7 @@ class DeliveryPolicy:
     max_response_bytes: int = constants.response_max_bytes
     failure_disable_s: float = constants.failure_disable_s
     poll_interval_s: float = constants.poll_interval_s
-    collapse: bool = True
+    collapse: bool = False
 
     def __post_init__(self) -> None:
         if self.deadline_s <= 0:
@@ -60,13 +62,13 @@ class DeliveryPolicy:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """The result of one HTTP attempt."""
+    """The result of one HTTP attempt; ``location`` is a redirect's target (redacted)."""
 
     status: int | None
     error: str | None
     latency_s: float
-    covers: int
     retry_after_s: float | None = None
+    location: str | None = None
 
 
 def decide(

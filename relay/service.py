@@ -6,7 +6,9 @@
         await relay.partners.register("https://partner.example/hooks")
         ...
 
-Several replicas may run against one Redis; each needs its own ``consumer`` name.
+Several replicas may run against one Redis; each needs its own ``consumer`` name. A replica
+restarted under a new name leaves its unacknowledged entries to be reclaimed by whoever runs
+after ``idle_before_claim_s``; deliveries of newer events wait for them meanwhile.
 """
 
 import asyncio
@@ -98,6 +100,7 @@ class Relay:
             egress_policy=egress_policy,
             http=self._http,
             owner=consumer,
+            group=group,
             metrics=self.metrics,
             clock=clock,
             resolver=resolver,

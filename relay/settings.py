@@ -87,7 +87,9 @@ class RelaySettings(BaseSettings):
         constants.response_max_bytes, description="bytes of a partner's answer read at most"
     )
     collapse: bool = Field(
-        True, description="drop queued items a delivered full key set already covers"
+        False,
+        description="let one delivery stand for the queued events its full key set covers "
+        "(listed in data.events; a revocation always goes alone); off: one delivery per event",
     )
     egress_allow: list[str] = Field(
         default_factory=list,

@@ -88,6 +88,14 @@ class MiniIssuer:
         data = {"previous_kid": previous, "previous_retire_at": None}
         return await self.publish("key-activated", kid, data)
 
+    async def revoke(self, kid: str) -> list[Event]:
+        """An emergency revocation as the issuer writes it: ``key-retired`` (reason
+        ``revoked``), then a new key added and activated at once."""
+        self.states[kid] = "retired"
+        retired = await self.publish("key-retired", kid, {"reason": "revoked"})
+        added = await self.add_key()
+        return [retired, added, await self.activate(added.kid)]
+
     async def app(self, scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
         self.jwks_requests += 1

@@ -147,3 +147,57 @@ class Receiver:
             await send({"type": "http.response.body", "body": b""})
             return
         await send({"type": "http.response.body", "body": reply.body})
+
+
+class FreezingProxy:
+    """A TCP proxy to Redis that stops forwarding a client's commands, on every connection,
+    from the first one that contains ``freeze_on`` (say, the SHA of the relay's fan-out
+    script). It pins a relay process at an exact step, so a test can ``kill -9`` it there."""
+
+    def __init__(self, target_port: int, freeze_on: bytes) -> None:
+        self.port = free_port()
+        self._target_port = target_port
+        self._freeze_on = freeze_on
+        self.frozen = asyncio.Event()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: bool):
+        tail = b""
+        try:
+            while chunk := await reader.read(65536):
+                if up and (self.frozen.is_set() or self._freeze_on in tail + chunk):
+                    self.frozen.set()
+                    await asyncio.Event().wait()  # hold it until the connection dies
+                tail = chunk[-len(self._freeze_on) :]
+                writer.write(chunk)
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+    async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
+        for task in (
+            asyncio.create_task(self._pipe(reader, up_writer, up=True)),
+            asyncio.create_task(self._pipe(up_reader, writer, up=False)),
+        ):
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def __aenter__(self) -> "FreezingProxy":
+        self._server = await asyncio.start_server(self._connect, "127.0.0.1", self.port)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._server.wait_closed()

@@ -241,3 +241,29 @@ async def until_async(probe, expected, timeout_s: float = 10.0) -> None:
     while await probe() != expected:
         assert time.monotonic() < deadline, f"timed out waiting for {expected}"
         await asyncio.sleep(0.02)
+
+
+async def test_idle_consumers_with_nothing_pending_are_removed(redis, issuer) -> None:
+    async def noop(*args):
+        return None
+
+    consumer = StreamConsumer(
+        redis, ISSUER, issuer.announce_keys, noop, group="relay", consumer="me",
+        idle_before_claim_s=0.3,
+    )  # fmt: skip
+    await consumer.ensure_group()
+    await issuer.add_key()
+    stream = consumer.stream
+    await redis.xgroup_createconsumer(stream, "relay", "host-111")  # restarted under a new name
+    await redis.xreadgroup("relay", "host-222", {stream: ">"}, count=1)  # died holding an entry
+    await redis.xgroup_createconsumer(stream, "relay", "me")
+    assert await consumer.prune_consumers() == []  # nobody idle long enough yet
+
+    async def pruned():
+        return await consumer.prune_consumers() == ["host-111"]
+
+    await until(pruned, timeout=5)
+    await redis.xgroup_createconsumer(stream, "relay", "host-333")  # just started: kept
+    assert await consumer.prune_consumers() == []
+    names = {c["name"] for c in await redis.xinfo_consumers(stream, "relay")}
+    assert names == {b"me", b"host-222", b"host-333"}

@@ -181,7 +181,8 @@ async def test_replay_resends_from_a_version_with_new_ids(issuer, make_relay) ->
         from relay.consumer import read_history
 
         history = await read_history(relay.redis, relay.issuer, relay.announce_keys, 2)
-        assert await relay.deliverer.replay(partner.id, history) == 2
+        plan = await relay.deliverer.replay(partner.id, history)
+        assert (plan.events, plan.deliveries, plan.versions) == (2, 2, [2, 3])
         await until(lambda: len(receiver.accepted) == 5)
     assert [d.version for d in receiver.got] == [1, 2, 3, 2, 3]
     assert len({d.webhook_id for d in receiver.got}) == 5
@@ -247,3 +248,120 @@ async def test_metrics_show_a_blocked_queue_and_its_recovery(issuer, make_relay)
     assert m.attempts.labels(partner.id, "2xx")._value.get() == 2
     assert m.deliveries.labels(partner.id, "retry")._value.get() == 3
     assert m.deliveries.labels(partner.id, "delivered")._value.get() == 2
+
+
+def _events(delivery) -> list[tuple[str, int]]:
+    return [(e["type"], e["version"]) for e in delivery.json["data"]["events"]]
+
+
+async def test_a_revocation_reaches_a_partner_as_three_events_by_default(
+    redis, issuer, jwks_http
+) -> None:
+    from relay.cli import build_relay
+    from relay.keysource import JwksKeySource
+    from relay.settings import RelaySettings
+    from subscriber.jwks_client import JwksClient
+    from tests.relay.conftest import ISSUER, JWKS_URL
+
+    # Built as `keyherald relay` builds it, every setting at its default but the allow-list.
+    settings = RelaySettings(issuer=ISSUER, admin_token="t" * 32, egress_allow=["127.0.0.1"])
+    keys = JwksKeySource(JwksClient(jwks_http, ISSUER, jwks_url=JWKS_URL))
+    relay = build_relay(settings, redis, keys, dict(issuer.announce_keys))
+    receiver = Receiver()
+    first = await issuer.add_key()
+    await issuer.activate(first.kid)
+    await issuer.revoke(first.kid)  # a backlog: the relay starts after it
+    async with Server(receiver) as server:
+        await register(relay, receiver, server.url)
+        async with relay:
+            await until(lambda: len(receiver.accepted) == 5)
+    assert [d.json["type"] for d in receiver.got[2:]] == [
+        "keyherald.key-retired",
+        "keyherald.key-added",
+        "keyherald.key-activated",
+    ]
+    assert receiver.got[2].json["data"]["event"]["data"] == {"reason": "revoked"}
+    # Each delivery stands for its own event only.
+    assert all(d.json["data"]["events"] == [d.json["data"]["event"]] for d in receiver.got)
+
+
+async def test_collapse_lists_what_it_stands_for_and_never_swallows_a_revocation(
+    issuer, make_relay
+) -> None:
+    receiver = Receiver()
+    first = await issuer.add_key()
+    await issuer.activate(first.kid)
+    await issuer.revoke(first.kid)
+    await issuer.add_key()
+    async with Server(receiver) as server:
+        relay = make_relay(collapse=True)
+        partner = await register(relay, receiver, server.url)
+        async with relay:
+            await until(lambda: len(receiver.accepted) == 3)
+            collapsed = relay.metrics.deliveries.labels(partner.id, "collapsed")._value
+            await until(lambda: collapsed.get() == 3)  # the answer to the last one is counted
+            plan = await relay.deliverer.replay(partner.id, await _history(relay, 1))
+            await until(lambda: len(receiver.accepted) == 3 + plan.deliveries)
+    live, replayed = receiver.got[:3], receiver.got[3:]
+    assert [_events(d) for d in live] == [
+        [("key-added", 1), ("key-activated", 2)],
+        [("key-retired", 3)],
+        [("key-added", 4), ("key-activated", 5), ("key-added", 6)],
+    ]
+    assert [d.json["type"] for d in live] == [
+        "keyherald.key-added",
+        "keyherald.key-retired",
+        "keyherald.key-added",
+    ]
+    assert all(d.json["data"]["version"] == 6 for d in live)
+    # The replay says what it sends: 6 events as 3 deliveries, and that is what arrives.
+    assert (plan.events, plan.deliveries) == (6, 3)
+    assert [_events(d) for d in replayed] == [_events(d) for d in live]
+
+
+async def _history(relay, from_version: int):
+    from relay.consumer import read_history
+
+    return await read_history(relay.redis, relay.issuer, relay.announce_keys, from_version)
+
+
+async def test_a_collapsed_delivery_is_retried_with_the_same_events_and_id(
+    issuer, make_relay
+) -> None:
+    receiver = Receiver()
+    receiver.script = [Reply(500)]
+    first = await issuer.add_key()
+    await issuer.activate(first.kid)
+    async with Server(receiver) as server:
+        relay = make_relay(collapse=True, schedule=[0.0, 0.5])
+        await register(relay, receiver, server.url)
+        async with relay:
+            await until(lambda: len(receiver.got) == 1)
+            await issuer.add_key()  # arrives before the retry; it must not join that message
+            await until(lambda: len(receiver.accepted) == 2)
+    failed, retried, newer = receiver.got
+    assert _events(failed) == _events(retried) == [("key-added", 1), ("key-activated", 2)]
+    assert failed.webhook_id == retried.webhook_id != newer.webhook_id
+    assert _events(newer) == [("key-added", 3)]
+
+
+async def test_a_redirect_is_recorded_as_such_with_its_location(issuer, make_relay) -> None:
+    receiver = Receiver()
+    target = "https://elsewhere.example/in?token=s3cret"
+    receiver.script = [Reply(302, headers={"location": target})] * 2
+    async with Server(receiver) as server:
+        relay = make_relay(schedule=[0.0, 0.05])
+        partner = await register(relay, receiver, server.url + "/hooks")
+        async with relay:
+            await issuer.add_key()
+
+            async def dead_lettered():
+                return await relay.deliverer.store.dead_letters()
+
+            await until(dead_lettered)
+            attempts = await relay.deliverer.store.attempts(partner.id)
+            (letter,) = await relay.deliverer.store.dead_letters()
+    assert [a["error"] for a in attempts] == ["redirect", "redirect"]
+    assert {a["location"] for a in attempts} == {"https://elsewhere.example/in"}
+    assert letter["reason"] == "redirect" and letter["location"] == "https://elsewhere.example/in"
+    assert "s3cret" not in str(attempts) + str(letter)
