@@ -12,8 +12,14 @@ announced), and a started :class:`~subscriber.Verifier` that bootstrapped from t
 over HTTP. The issuer's
 ``Signer`` mints the tokens, and the same tokens go through
 
-- **keyherald**: ``Verifier.verify``, the call a service makes: the clock, the staleness
-  guard and the metrics around ``verify_token``;
+- **keyherald**: ``Verifier.verify``, the call a service makes, on tokens it has not seen:
+  the clock, the staleness guard and the metrics around ``verify_token``, and a miss of the
+  verified-token cache (the lookup, then the store with an eviction: its cache is smaller
+  than the cycle of tokens, so every call misses, as under a flood of distinct tokens);
+- **off**: the same call with the token cache turned off (``token_cache_size=0``), i.e. the
+  verifier before the cache; the cache's miss path must stay within 3 % of it;
+- **hit**: the same call on tokens it has verified before (the default cache, warm): the
+  cache hit, with ``exp``/``nbf`` and the key re-checked; it must reach 10x raw;
 - **function**: ``subscriber.verify.verify_token`` alone, on the verifier's key set: every
   hardening check (size cap, strict base64url and JSON, header rules, kid lookup, alg from
   the key, signature, iss, aud, exp, nbf, iat with leeway) and nothing else;
@@ -59,7 +65,7 @@ from prometheus_client import CollectorRegistry
 from issuer import create_app
 from issuer.settings import IssuerSettings
 from keyherald.redis_server import RedisServer
-from subscriber import Verifier
+from subscriber import Verifier, constants
 from subscriber.jwk import SUPPORTED_ALGS
 from subscriber.jws import b64url_decode
 from subscriber.verify import verify_token
@@ -75,7 +81,10 @@ _EC_SIZE = {"ES256": 32, "ES384": 48, "ES512": 66}
 class Subject:
     alg: str
     tokens: list[str]
+    #: Verifiers with the token cache thrashed (every call a miss), off, and warm.
     verifier: Verifier
+    uncached: Verifier
+    cached: Verifier
     #: The issuer's public key as a ``cryptography`` object, for PyJWT and the raw primitive.
     public: Any
     #: (signature, signing input) of each token, decoded beforehand for the raw primitive.
@@ -122,17 +131,24 @@ async def live_subject(alg: str, count: int, redis_url: str) -> AsyncIterator[Su
                 )
                 for i in range(count)
             ]
-            verifier = Verifier(
-                issuer=ISSUER,
-                audience=AUDIENCE,
-                redis=redis,
-                http_client=http,
-                typ="JWT",
-                registry=CollectorRegistry(),
-            )
-            async with verifier:
-                key = verifier.keyset.view.keys[jwt.get_unverified_header(tokens[0])["kid"]]
-                yield Subject(alg, tokens, verifier, key.key, _raw_inputs(alg, tokens))
+            # A cache smaller than the cycle of tokens: FIFO eviction makes every call a miss.
+            sizes = (max(1, count // 4), 0, constants.token_cache_size)
+            verifiers = [
+                Verifier(
+                    issuer=ISSUER,
+                    audience=AUDIENCE,
+                    redis=redis,
+                    http_client=http,
+                    typ="JWT",
+                    registry=CollectorRegistry(),
+                    token_cache_size=size,
+                )
+                for size in sizes
+            ]
+            async with verifiers[0], verifiers[1], verifiers[2]:
+                view = verifiers[0].keyset.view
+                key = view.keys[jwt.get_unverified_header(tokens[0])["kid"]]
+                yield Subject(alg, tokens, *verifiers, key.key, _raw_inputs(alg, tokens))
     finally:
         await redis.aclose()
 
@@ -169,7 +185,11 @@ def contenders(subject: Subject, batch: slice) -> dict[str, Callable[[], None]]:
     """One pass over ``batch`` of the tokens for each contender."""
     tokens, alg = subject.tokens[batch], subject.alg
     verifier = subject.verifier
-    verify = verifier.verify
+    verify, verify_off, verify_hit = (
+        verifier.verify,
+        subject.uncached.verify,
+        subject.cached.verify,
+    )
     view, options = verifier.keyset.view, verifier.options
     keys, gone = view.keys, view.gone
     pyjwt_key = subject.public
@@ -179,6 +199,14 @@ def contenders(subject: Subject, batch: slice) -> dict[str, Callable[[], None]]:
     def keyherald() -> None:
         for token in tokens:
             verify(token)
+
+    def off() -> None:
+        for token in tokens:
+            verify_off(token)
+
+    def hit() -> None:
+        for token in tokens:
+            verify_hit(token)
 
     def function() -> None:
         now = time.time()
@@ -198,7 +226,14 @@ def contenders(subject: Subject, batch: slice) -> dict[str, Callable[[], None]]:
             )
 
     raw = _raw_run(alg, pyjwt_key, subject.raw_inputs[batch])
-    return {"keyherald": keyherald, "verify_token": function, "pyjwt": pyjwt, "raw": raw}
+    return {
+        "keyherald": keyherald,
+        "off": off,
+        "hit": hit,
+        "verify_token": function,
+        "pyjwt": pyjwt,
+        "raw": raw,
+    }
 
 
 def measure(subject: Subject, rounds: int, batch_size: int) -> dict[str, list[float]]:
@@ -269,10 +304,22 @@ def main(argv: list[str] | None = None) -> int:
         "noise (median below best: kh, fn, pyjwt, raw)"
     )
     print(header)
+    results = {}
     with RedisServer(persistence="none") as server:
         for alg in algs:
-            rates = asyncio.run(run_alg(alg, count, server.url, rounds, batch))
+            results[alg] = rates = asyncio.run(run_alg(alg, count, server.url, rounds, batch))
             _print_row(alg, rates)
+    print()
+    print(
+        "verified-token cache: hit = a token seen before, miss = keyherald above, "
+        "off = the cache turned off"
+    )
+    print(
+        f"{'alg':<6} {'hit/s':>10} {'off/s':>10} {'hit/raw':>8} {'target':>7} "
+        f"{'miss/off':>9} {'target':>7}  noise (hit, off)"
+    )
+    for alg, rates in results.items():
+        _print_cache_row(alg, rates)
     return 0
 
 
@@ -284,16 +331,30 @@ async def run_alg(
         return measure(subject, rounds, batch)
 
 
+def _noise(rates: dict[str, list[float]], *names: str) -> str:
+    return ", ".join(
+        f"{1 - statistics.median(rates[name]) / max(rates[name]):.0%}" for name in names
+    )
+
+
 def _print_row(alg: str, rates: dict[str, list[float]]) -> None:
     best = {name: max(values) for name, values in rates.items()}
-    noise = ", ".join(
-        f"{1 - statistics.median(values) / max(values):.0%}" for values in rates.values()
-    )
+    noise = _noise(rates, "keyherald", "verify_token", "pyjwt", "raw")
     raw = best["raw"]
     print(
         f"{alg:<6} {best['keyherald']:>12,.0f} {best['verify_token']:>11,.0f} "
         f"{best['pyjwt']:>10,.0f} {raw:>10,.0f} {best['keyherald'] / raw:>7.2f} "
         f"{best['verify_token'] / raw:>7.2f} {best['pyjwt'] / raw:>9.2f}  {noise}"
+    )
+
+
+def _print_cache_row(alg: str, rates: dict[str, list[float]]) -> None:
+    best = {name: max(values) for name, values in rates.items()}
+    hit_ratio = best["hit"] / best["raw"]
+    miss_ratio = best["keyherald"] / best["off"]
+    print(
+        f"{alg:<6} {best['hit']:>10,.0f} {best['off']:>10,.0f} {hit_ratio:>8.1f} "
+        f"{'>= 10':>7} {miss_ratio:>9.3f} {'>= 0.97':>7}  {_noise(rates, 'hit', 'off')}"
     )
 
 

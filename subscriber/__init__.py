@@ -29,6 +29,7 @@ from .health import Health
 from .jwk import PublicKey, load_public_jwk
 from .keyset import KeySet, KeyView, Outcome
 from .sync import SyncVerifier
+from .token_cache import TokenCache
 from .verifier import Verifier
 from .verify import VerifyOptions, verify_token
 
@@ -56,6 +57,7 @@ __all__ = [
     "ManualClock",
     "Outcome",
     "PublicKey",
+    "TokenCache",
     "VerifyOptions",
     "load_public_jwk",
     "parse_event",

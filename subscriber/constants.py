@@ -52,3 +52,7 @@ task_restart_min_s: Final = 0.1
 task_restart_max_s: Final = 30.0
 #: Departed kids remembered (to refuse with ``revoked_key``/``retired_key``); oldest dropped.
 max_gone_kids: Final = 1_024
+#: Verified tokens a verifier remembers (a token seen again skips its signature check), and
+#: the longest token it stores: at most about 1,024 x 8 KiB even when every token is huge.
+token_cache_size: Final = 1_024
+token_cache_max_token_chars: Final = 4_096

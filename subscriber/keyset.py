@@ -4,6 +4,9 @@ A :class:`KeySet` is moved forward by signed events (:meth:`KeySet.apply_event`)
 the issuer's JWKS (:meth:`KeySet.replace_from_jwks`). Readers take :attr:`KeySet.view`, an
 immutable snapshot replaced in one assignment, so a verification running on another thread
 always sees the usable keys, the gone keys and the version of one and the same key set.
+
+A key set also owns its verifier's :class:`~subscriber.token_cache.TokenCache`: every new
+view, whatever produced it, drops the cached tokens whose key it no longer holds.
 """
 
 import logging
@@ -18,6 +21,7 @@ from .constants import max_gone_kids
 from .errors import InvalidKey
 from .events import KEY_ACTIVATED, KEY_ADDED, KEY_RETIRED, Event
 from .jwk import PublicKey, load_public_jwk
+from .token_cache import TokenCache
 
 logger = logging.getLogger(__name__)
 
@@ -72,12 +76,25 @@ class KeySet:
 
     :param issuer: the issuer every event and JWKS must belong to (checked by the caller that
         parses events; kept here for log lines).
+    :param tokens: the verified-token cache that this key set invalidates.
     """
 
     issuer: str
-    view: KeyView = field(default_factory=KeyView)
+    tokens: TokenCache = field(default_factory=TokenCache)
     #: Epochs this key set has left; events from them are replays and never trigger a resync.
     old_epochs: set[str] = field(default_factory=set)
+    _view: KeyView = field(default_factory=KeyView, init=False, repr=False)
+
+    @property
+    def view(self) -> KeyView:
+        """The current snapshot; read it once per operation."""
+        return self._view
+
+    @view.setter
+    def view(self, view: KeyView) -> None:
+        # The only way to change the keys, so no future code path can skip the eviction.
+        self._view = view
+        self.tokens.retain(view.keys)
 
     @property
     def version(self) -> int:

@@ -40,13 +40,15 @@ from .follower import StreamFollower
 from .health import Health, State
 from .jwk import SUPPORTED_ALGS
 from .jwks_client import JwksClient, Metadata
+from .jws import strict_json_object
 from .keyset import KeySet
 from .metrics import Metrics, metrics_for
 from .presence import HeartbeatRecord, Presence, new_instance_id
 from .redis_keys import event_stream
 from .refresher import JwksRefresher
 from .supervisor import supervise
-from .verify import VerifyOptions, verify_token
+from .token_cache import TokenCache
+from .verify import VerifyOptions, check_claims, verify_signature
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ class Verifier:
     :param heartbeat_ttl_s: how long one heartbeat keeps this instance listed.
     :param block_ms: ``XREAD BLOCK``; lowered to half the Redis client's socket timeout.
     :param registry: the Prometheus registry for metrics; ``None`` turns them off.
+    :param token_cache_size: verified tokens remembered, so a token seen again skips its
+        signature check (``exp``/``nbf`` and its key are still checked each time); 0 turns
+        the cache off. See :mod:`subscriber.token_cache`.
     :raises ValueError: a setting that cannot work, named with its value.
     """
 
@@ -118,6 +123,7 @@ class Verifier:
         heartbeat_ttl_s: float = constants.heartbeat_ttl_s,
         block_ms: int = constants.block_ms,
         registry: CollectorRegistry | None = REGISTRY,
+        token_cache_size: int = constants.token_cache_size,
     ) -> None:
         if (redis_url is None) == (redis is None):
             raise ValueError("pass exactly one of redis_url and redis")
@@ -164,7 +170,19 @@ class Verifier:
         self._lag_gauge = self._metrics.child(self._metrics.stream_lag, issuer)
         self._version_gauge = self._metrics.child(self._metrics.keyset_version, issuer)
         self.instance_id = new_instance_id()
-        self.keyset = KeySet(issuer)
+        if (
+            isinstance(token_cache_size, bool)
+            or not isinstance(token_cache_size, int)
+            or token_cache_size < 0
+        ):
+            raise ValueError(
+                f"token_cache_size must be an integer >= 0, the input is {token_cache_size!r}"
+            )
+        self.keyset = KeySet(
+            issuer, TokenCache(token_cache_size, constants.token_cache_max_token_chars)
+        )
+        # None when off, so the hot path pays one test for it.
+        self._tokens = self.keyset.tokens if token_cache_size else None
         # Written by the event loop, read by verify() on any thread: plain attributes whose
         # single assignments are atomic.
         self._running = False
@@ -352,6 +370,7 @@ class Verifier:
             raise RuntimeError("Verifier is not running: use 'async with Verifier(...)'")
         view = self.keyset.view
         now = self._clock()
+        tokens = self._tokens
         try:
             if (
                 not self._live
@@ -361,7 +380,18 @@ class Verifier:
                 raise KeyNotUsable(
                     "keys are stale: stream and JWKS unreachable", reason="keys_stale"
                 )
-            claims = verify_token(token, view.keys, self.options, now, view.gone)
+            if tokens is not None:
+                claims = tokens.get(token, view.keys, self.options, now)
+                if claims is not None:
+                    next(self._valid)
+                    return claims
+            # verify_token, in its two stages, to keep the kid and payload for the cache.
+            header, payload = verify_signature(token, view.keys, self.options, view.gone)
+            claims = strict_json_object(payload)
+            check_claims(claims, self.options, now)
+            if tokens is not None:
+                kid = header["kid"]
+                tokens.put(token, view.keys[kid], kid, claims, payload)
         except KeyNotFound as e:
             self._count(e.reason)
             if e.reason == "unknown_kid" and not self._live and self._refresher is not None:

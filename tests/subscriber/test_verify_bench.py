@@ -29,6 +29,17 @@ def test_verify_benchmark_quick_run_prints_every_figure() -> None:
         if match:
             rows[match[1]] = [float(g.replace(",", "")) for g in match.groups()[1:]]
     assert set(rows) == set(SUPPORTED_ALGS), result.stdout
+    cache_rows = {}
+    for line in result.stdout.splitlines():
+        match = re.match(
+            r"(\w+)\s+([\d,]+)\s+([\d,]+)\s+([\d.]+)\s+>= 10\s+([\d.]+)\s+>= 0.97", line
+        )
+        if match:
+            cache_rows[match[1]] = [float(g.replace(",", "")) for g in match.groups()[1:]]
+    assert set(cache_rows) == set(rows), result.stdout
+    for alg, (hit, off, hit_ratio, miss_ratio) in cache_rows.items():
+        assert abs(hit_ratio - hit / rows[alg][3]) < 0.1 * hit_ratio
+        assert abs(miss_ratio - rows[alg][0] / off) < 0.01
     for keyherald, function, pyjwt, raw, ratio, function_ratio, pyjwt_ratio in rows.values():
         assert min(keyherald, function, pyjwt, raw) > 0
         assert abs(ratio - keyherald / raw) < 0.01
