@@ -31,6 +31,7 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/footprint.py
 	$(BIN)/python bench/propagation.py
 	$(BIN)/python bench/upstream.py
 

@@ -32,7 +32,7 @@ import redis.asyncio as aioredis
 from prometheus_client import REGISTRY, CollectorRegistry
 from redis.exceptions import RedisError
 
-from . import constants
+from . import clients, constants
 from .clock import Clock, system_clock
 from .errors import FetchError, InvalidKey, InvalidToken, KeyNotFound, KeyNotUsable
 from .events import Event, load_announcement_keys
@@ -227,14 +227,13 @@ class Verifier:
             raise
 
     async def _bootstrap(self) -> None:
+        # Shared with the other verifiers of this loop (subscriber/clients.py).
         if self._redis is None:
-            self._redis = self._own_redis = aioredis.Redis.from_url(
-                str(self._redis_url),
-                socket_timeout=constants.socket_timeout_s,
-                socket_connect_timeout=constants.socket_timeout_s,
+            self._redis = self._own_redis = clients.acquire_redis(
+                str(self._redis_url), constants.socket_timeout_s
             )
         if self._http is None:
-            self._http = self._own_http = httpx.AsyncClient(timeout=constants.http_timeout_s)
+            self._http = self._own_http = clients.acquire_http(constants.http_timeout_s)
         self._jwks = JwksClient(self._http, self.issuer, self._jwks_url)
         self._refresher = refresher = JwksRefresher(
             client=self._jwks,
@@ -320,12 +319,16 @@ class Verifier:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._presence.leave()
-        if self._own_redis is not None:
-            await self._own_redis.aclose()
-            self._own_redis = None
-        if self._own_http is not None:
-            await self._own_http.aclose()
-            self._own_http = None
+        own_redis, own_http, self._own_redis, self._own_http = (
+            self._own_redis,
+            self._own_http,
+            None,
+            None,
+        )
+        if own_redis is not None:
+            await clients.release(own_redis)
+        if own_http is not None:
+            await clients.release(own_http)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"keyherald-{name}")
