@@ -319,16 +319,11 @@ class Verifier:
             with contextlib.suppress(RedisError, OSError, TimeoutError):
                 async with asyncio.timeout(1.0):
                     await self._presence.leave()
-        own_redis, own_http, self._own_redis, self._own_http = (
-            self._own_redis,
-            self._own_http,
-            None,
-            None,
-        )
-        if own_redis is not None:
-            await clients.release(own_redis)
-        if own_http is not None:
-            await clients.release(own_http)
+        owned = (self._own_redis, self._own_http)
+        self._own_redis = self._own_http = None
+        for client in owned:
+            if client is not None:
+                await clients.release(client)
 
     def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"keyherald-{name}")
