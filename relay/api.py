@@ -3,6 +3,8 @@
 ::
 
     POST   /admin/partners                    register; the response holds the secret, once
+                                              (422 with ``error`` for a URL that can never
+                                              be delivered to)
     GET    /admin/partners                    list (never a secret)
     GET    /admin/partners/{id}               one partner, with its queue depth
     POST   /admin/partners/{id}/disable       stop delivering (queue kept)
@@ -21,13 +23,15 @@ import logging
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from issuer.auth import admin_dependency
+from subscriber.events import EVENT_TYPES
 
+from . import constants
 from .consumer import read_history
 from .errors import ConfigError, EgressRefused, PartnerNotFound
 from .service import Relay
@@ -38,9 +42,14 @@ logger = logging.getLogger(__name__)
 class PartnerIn(BaseModel):
     """A partner to register."""
 
-    url: str = Field(description="https endpoint (http only for allow-listed addresses)")
-    event_types: list[str] | None = Field(None, description="default: every event type")
-    description: str = ""
+    url: str = Field(
+        max_length=constants.partner_url_max_chars,
+        description="https endpoint (http only for allow-listed addresses)",
+    )
+    event_types: list[str] | None = Field(
+        None, max_length=len(EVENT_TYPES), description="default: every event type"
+    )
+    description: str = Field("", max_length=constants.description_max_chars)
 
 
 class ReplayIn(BaseModel):
@@ -58,15 +67,20 @@ RelayDep = Annotated[Relay, Depends(_relay)]
 router = APIRouter(prefix="/admin")
 
 
-@router.post("/partners", status_code=status.HTTP_201_CREATED)
-async def register(body: PartnerIn, relay: RelayDep) -> dict[str, Any]:
+@router.post("/partners", status_code=status.HTTP_201_CREATED, response_model=None)
+async def register(body: PartnerIn, relay: RelayDep) -> dict[str, Any] | JSONResponse:
     """Register a partner; the response carries its secret, which is never shown again."""
     try:
         partner, secret = await relay.partners.register(
             body.url, body.event_types, body.description
         )
     except (EgressRefused, ConfigError) as e:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=str(e)) from e
+        # A URL that can never be delivered to is refused now, with the reason, rather than
+        # accepted and failing at every delivery.
+        return JSONResponse(
+            {"detail": str(e), "error": e.reason},
+            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+        )
     return {**partner.public(), "secret": secret}
 
 

@@ -38,3 +38,6 @@ metadata_wait_s: Final = 60.0
 #: (an issuer that lost its store may have a new one) at most once per this interval, so
 #: whoever can write to the stream cannot turn forged entries into a flood of fetches.
 announce_refresh_cooldown_s: Final = 10.0
+#: Longest partner URL and description accepted at registration.
+partner_url_max_chars: Final = 2048
+description_max_chars: Final = 1024

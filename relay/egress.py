@@ -3,6 +3,8 @@
 A partner controls its URL and its DNS, so the relay decides where a request goes only after
 resolving the host itself:
 
+* a URL with a literal forbidden address, or plain ``http`` where no allow-listed address
+  could be reached, is refused at registration already;
 * every address the host resolves to is checked, in its unwrapped form (IPv4-mapped, IPv4-
   compatible, NAT64 and 6to4 addresses carry an IPv4 address that is what really gets routed);
   one forbidden address refuses the whole host, since mixed answers are how rebinding starts;
@@ -26,6 +28,7 @@ from email.utils import parsedate_to_datetime
 
 import httpx
 
+from . import constants
 from .errors import EgressRefused
 
 logger = logging.getLogger(__name__)
@@ -87,6 +90,10 @@ def forbidden_reason(ip: IPAddress) -> str | None:
         return "loopback"
     if ip.is_link_local:
         return "link_local"
+    if isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local:
+        # fec0::/10: deprecated (RFC 3879) but still routed inside some networks, and
+        # Python counts it as global.
+        return "site_local"
     if ip.is_multicast:
         return "multicast"
     if isinstance(ip, ipaddress.IPv4Address) and ip in _CGNAT:
@@ -148,6 +155,41 @@ class EgressPolicy:
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise EgressRefused(
                 f"partner URL must be http(s) with a host: {redact_url(parsed)}", reason="bad_url"
+            )
+        return parsed
+
+    def check_registration(self, url: str) -> httpx.URL:
+        """What can be refused before any resolution, so a URL that can never be delivered to
+        is refused at registration: :meth:`check_url`, a length cap, a literal address that is
+        forbidden, and plain ``http`` that can never reach an allow-listed address. Host names
+        are resolved and checked at each delivery.
+
+        :raises EgressRefused: ``bad_url``, ``forbidden_address`` or ``https_required``.
+        """
+        if len(url) > constants.partner_url_max_chars:
+            raise EgressRefused(
+                f"partner URL is longer than {constants.partner_url_max_chars} characters",
+                reason="bad_url",
+            )
+        parsed = self.check_url(url)
+        try:
+            ip: IPAddress | None = ipaddress.ip_address(parsed.host.split("%", 1)[0])
+        except ValueError:
+            ip = None  # a host name
+        if ip is not None and not self.allowed(ip):
+            why = forbidden_reason(ip)
+            if why is not None:
+                raise EgressRefused(
+                    f"partner URL points at a forbidden address ({why}: {ip})",
+                    reason="forbidden_address",
+                )
+        if parsed.scheme != "https" and (
+            (ip is not None and not self.allowed(ip)) or (ip is None and not self.allow)
+        ):
+            raise EgressRefused(
+                f"https is required (plain http only to addresses on the egress allow-list): "
+                f"{redact_url(parsed)}",
+                reason="https_required",
             )
         return parsed
 

@@ -28,6 +28,7 @@ from subscriber.clock import Clock, system_clock
 from subscriber.events import EVENT_TYPES
 from subscriber.redis_keys import relay_key
 
+from . import constants
 from .egress import EgressPolicy, redact_url
 from .errors import ConfigError, PartnerNotFound
 from .signing import new_secret
@@ -177,10 +178,16 @@ class PartnerStore:
     ) -> tuple[Partner, str]:
         """Create a partner; returns it and its secret, which is not shown again.
 
-        :raises EgressRefused: ``bad_url``.
-        :raises ConfigError: ``bad_event_types``.
+        :raises EgressRefused: ``bad_url``, ``forbidden_address`` or ``https_required``: a URL
+            that could never be delivered to (see :meth:`EgressPolicy.check_registration`).
+        :raises ConfigError: ``bad_event_types``, ``bad_description``.
         """
-        self._policy.check_url(url)
+        self._policy.check_registration(url)
+        if len(description) > constants.description_max_chars:
+            raise ConfigError(
+                f"description is longer than {constants.description_max_chars} characters",
+                reason="bad_description",
+            )
         now = self._clock()
         secret = new_secret()
         partner = Partner(

@@ -1,10 +1,13 @@
 """The admin API over ASGI, on a running relay with a real receiver."""
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
 
 from keyherald.redis_server import free_port
 from relay.api import create_app
+from relay.egress import EgressPolicy
+from relay.errors import ConfigError
 from tests.relay.conftest import build_relay
 from tests.relay.servers import Receiver, Reply, Server, until
 
@@ -149,3 +152,62 @@ async def test_redis_down_is_a_503_to_retry_not_a_500(issuer, jwks_http) -> None
         assert response.json()["error"] == "store_unavailable"
     finally:
         await down.aclose()
+
+
+@pytest.mark.parametrize(
+    ("url", "allow", "error"),
+    [
+        ("http://127.0.0.1:8080/hook", [], "forbidden_address"),
+        ("https://[::1]/hook", [], "forbidden_address"),
+        ("http://169.254.169.254/latest/meta-data/", [], "forbidden_address"),
+        ("https://10.1.2.3/hook", ["127.0.0.1"], "forbidden_address"),
+        ("https://[fec0::1]/hook", [], "forbidden_address"),
+        ("https://[::ffff:127.0.0.1]/hook", [], "forbidden_address"),
+        ("http://hooks.example/in", [], "https_required"),
+        ("http://93.184.216.34/in", ["127.0.0.1"], "https_required"),
+        ("ftp://hooks.example/", [], "bad_url"),
+        ("https://hooks.example/" + "a" * 2048, [], "bad_url"),
+    ],
+)
+async def test_urls_that_can_never_be_delivered_to_are_refused_at_registration(
+    make_relay, url, allow, error
+) -> None:
+    relay = make_relay(egress_policy=EgressPolicy.from_strings(allow))
+    async with admin_client(relay) as api:
+        response = await api.post("/admin/partners", json={"url": url})
+        assert response.status_code == 422, response.text
+        if len(url) <= 2048:  # a longer one is refused by the request model already
+            assert response.json()["error"] == error
+        assert (await api.get("/admin/partners")).json() == []
+
+
+@pytest.mark.parametrize(
+    ("url", "allow"),
+    [
+        ("https://hooks.example/in", []),
+        ("https://93.184.216.34/in", []),
+        ("http://127.0.0.1:8080/hook", ["127.0.0.1"]),
+        # A host name may resolve to an allow-listed address: checked at each delivery.
+        ("http://partner:8080/hook", ["172.28.0.0/24"]),
+    ],
+)
+async def test_urls_that_may_be_delivered_to_are_accepted(make_relay, url, allow) -> None:
+    relay = make_relay(egress_policy=EgressPolicy.from_strings(allow))
+    async with admin_client(relay) as api:
+        response = await api.post("/admin/partners", json={"url": url})
+    assert response.status_code == 201, response.text
+
+
+async def test_descriptions_and_urls_have_a_size_limit(make_relay) -> None:
+    relay = make_relay()
+    async with admin_client(relay) as api:
+        url = "https://hooks.example/in"
+        long = await api.post("/admin/partners", json={"url": url, "description": "d" * 1025})
+        fits = await api.post("/admin/partners", json={"url": url, "description": "d" * 1024})
+        too_long_url = await api.post("/admin/partners", json={"url": url + "/" + "u" * 2048})
+    assert long.status_code == 422 and "1024" in long.text
+    assert fits.status_code == 201
+    assert too_long_url.status_code == 422 and "2048" in too_long_url.text
+    with pytest.raises(ConfigError) as e:
+        await relay.partners.register(url, description="d" * 1025)
+    assert e.value.reason == "bad_description"

@@ -33,6 +33,8 @@ PUBLIC_V4 = "93.184.216.34"
         ("::1", "loopback"),
         ("::", "unspecified"),
         ("fe80::1", "link_local"),
+        ("fec0::1", "site_local"),
+        ("feff:ffff::1", "site_local"),
         ("fc00::1", "private"),
         ("ff02::1", "multicast"),
         ("::ffff:127.0.0.1", "embedded_loopback"),

@@ -10,6 +10,7 @@ import sys
 import time
 
 from keyherald.redis_server import free_port
+from relay.egress import EgressPolicy
 from relay.partners import PartnerStore
 from tests.relay.conftest import ISSUER, JWKS_URL
 from tests.relay.servers import Receiver, Reply, Server, until
@@ -20,7 +21,9 @@ async def test_sigkilled_relay_process_loses_nothing(redis, redis_url, issuer, m
     # The first delivery hangs: the relay process is killed while it waits for the answer.
     receiver.script = [Reply(503, delay_s=3.0)]
     async with Server(issuer.app) as jwks_server, Server(receiver) as server:
-        partner, secret = await PartnerStore(redis, ISSUER, overlap_s=0).register(server.url)
+        local = EgressPolicy.from_strings(["127.0.0.1"])
+        store = PartnerStore(redis, ISSUER, overlap_s=0, policy=local)
+        partner, secret = await store.register(server.url)
         receiver.secrets.append(secret)
         env = {
             **os.environ,

@@ -34,5 +34,5 @@ def test_6to4(v4, rest) -> None:
 @given(st.integers(min_value=0, max_value=2**128 - 1).map(ipaddress.IPv6Address))
 def test_any_ipv6_gets_a_verdict_and_internal_ones_are_refused(v6) -> None:
     reason = forbidden_reason(v6)
-    if v6.is_loopback or v6.is_link_local or v6.is_private or v6.is_multicast:
+    if v6.is_loopback or v6.is_link_local or v6.is_private or v6.is_multicast or v6.is_site_local:
         assert reason is not None
