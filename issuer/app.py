@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse, Response
 
+from keyherald.body_limit import BodyLimit, admin_body_max_bytes
 from subscriber.clock import Clock, system_clock
 from subscriber.constants import JWKS_PATH, METADATA_PATH
 
@@ -113,6 +114,8 @@ def create_app(
         version="0.1.0",
         lifespan=_lifespan(authority, settings, run_scheduler, close_redis=redis is None),
     )
+    # Before routing, so an oversized body is refused before it is read or the token checked.
+    app.add_middleware(BodyLimit, max_bytes=admin_body_max_bytes)
     app.state.authority = authority
     app.state.signer = signer
     app.state.settings = settings

@@ -17,6 +17,9 @@
                                               how many events, as how many deliveries
     GET    /admin/dead-letters                exhausted deliveries and refused stream entries
     GET    /metrics                           Prometheus (no token: scrapers hold none)
+
+A request body over 64 KiB is refused with 413 before it is read or the token is checked
+(:class:`keyherald.body_limit.BodyLimit`).
 """
 
 import logging
@@ -29,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, Field
 
 from issuer.auth import admin_dependency
+from keyherald.body_limit import BodyLimit, admin_body_max_bytes
 from subscriber.events import EVENT_TYPES
 
 from . import constants
@@ -178,6 +182,8 @@ def create_app(relay: Relay, admin_token: str | None) -> FastAPI:
     :param admin_token: bearer token; ``None`` or empty refuses every admin call.
     """
     app = FastAPI(title="keyherald relay", docs_url=None, redoc_url=None)
+    # Before routing, so before the body is read and before the token is checked.
+    app.add_middleware(BodyLimit, max_bytes=admin_body_max_bytes)
     app.state.relay = relay
     app.include_router(router, dependencies=[Depends(admin_dependency(admin_token))])
     app.add_exception_handler(PartnerNotFound, _not_found)
