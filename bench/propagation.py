@@ -74,7 +74,7 @@ class Worker:
                     redis=self.redis,
                     http_client=self.http,
                     announcement_keys=self.pins,
-                    jwks_url=f"{self.issuer}/.well-known/jwks.json",
+                    snapshot_url=f"{self.issuer}/.well-known/keyherald-snapshot.jwt",
                     presence=False,
                     registry=None,
                 )

@@ -32,11 +32,11 @@ from fastapi.responses import JSONResponse, Response
 
 from keyherald.body_limit import BodyLimit, admin_body_max_bytes
 from subscriber.clock import Clock, system_clock
-from subscriber.constants import JWKS_PATH, METADATA_PATH
+from subscriber.constants import JWKS_PATH, METADATA_PATH, SNAPSHOT_PATH
 
 from .auth import admin_dependency
 from .authority import Authority
-from .errors import IllegalTransition, UnknownKey
+from .errors import IllegalTransition, StoreTampered, UnknownKey
 from .jwks import etag_matches
 from .kek import Kek
 from .models import (
@@ -105,6 +105,8 @@ def create_app(
         kek=kek,
         clock=clock,
         gate=settings.gate(),
+        state_dir=settings.state_dir,
+        freshness_interval_s=settings.freshness_interval_s,
     )
     signer = Signer(authority)
 
@@ -162,6 +164,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def illegal(request: Request, exc: IllegalTransition) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "error": "illegal_transition"}, status_code=409)
 
+    @app.exception_handler(StoreTampered)
+    async def tampered(request: Request, exc: StoreTampered) -> JSONResponse:
+        # Logged as tampering where it was found; the caller learns only that it must wait.
+        return JSONResponse(
+            {"detail": "the key store failed its integrity check", "error": "store_tampered"},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+
     @app.exception_handler(aioredis.RedisError)
     async def store_unavailable(request: Request, exc: aioredis.RedisError) -> JSONResponse:
         logger.warning("Redis unavailable for %s %s: %s", request.method, request.url.path, exc)
@@ -188,6 +199,20 @@ def _add_public_routes(app: FastAPI, authority: Authority) -> None:
         if etag_matches(if_none_match, document.etag):
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(document.body, media_type="application/json", headers=headers)
+
+    @app.get(
+        SNAPSHOT_PATH,
+        tags=["public"],
+        summary="The key set as a JWT signed by the announcement key (verifiers resync from it)",
+        responses={200: {"content": {"application/jwt": {}}}, 304: {"description": "unchanged"}},
+        response_class=Response,
+    )
+    async def signed_snapshot(if_none_match: Annotated[str | None, Header()] = None) -> Response:
+        signed = await authority.signed_snapshot()
+        headers = {"Cache-Control": "no-cache", "ETag": signed.etag}
+        if etag_matches(if_none_match, signed.etag):
+            return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
+        return Response(signed.token, media_type="application/jwt", headers=headers)
 
     @app.get(METADATA_PATH, tags=["public"], summary="Issuer metadata and announcement keys")
     async def openid_configuration() -> JSONResponse:

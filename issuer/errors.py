@@ -9,7 +9,8 @@ One root, a shallow tree; the HTTP layer maps each leaf to one status code::
     ├── KekError             a sealed private key does not open under this KEK    500
     └── StoreError           the Redis store refused a change
         ├── VersionConflict  the key-set version moved under us (retried)
-        └── LeaseLost        a newer scheduler holds the lease (fencing token stale)
+        ├── LeaseLost        a newer scheduler holds the lease (fencing token stale)
+        └── StoreTampered    the store's state does not authenticate under the KEK   503
 
 No message ever carries key material, the KEK or the admin token.
 """
@@ -49,3 +50,8 @@ class VersionConflict(StoreError):
 
 class LeaseLost(StoreError):
     """The scheduler's fencing token is no longer current: another replica took over."""
+
+
+class StoreTampered(StoreError):
+    """What Redis holds does not authenticate under this KEK: written by someone without it,
+    or an old copy. Nothing of it is served, signed with or announced."""

@@ -8,7 +8,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from subscriber.constants import JWKS_PATH
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from subscriber.constants import JWKS_PATH, SNAPSHOT_PATH
+from subscriber.history import KeySetSnapshot, SnapshotKey, sign_snapshot
 from subscriber.jwk import PRIVATE_MEMBERS
 from subscriber.jws import compact_json
 
@@ -45,6 +48,7 @@ def render_jwks(snapshot: Snapshot) -> JwksDocument:
             "version": snapshot.version,
             "epoch": epoch,
             "states": {k.kid: k.state for k in published},
+            "digest": snapshot.meta.get("digest"),
         },
     }
     return JwksDocument(
@@ -66,3 +70,62 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         return False
     candidates = [c.strip() for c in if_none_match.split(",")]
     return "*" in candidates or any(c.removeprefix("W/") == etag for c in candidates)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedSnapshot:
+    """The signed key-set snapshot as served: the compact JWS and what it was made from."""
+
+    epoch: str
+    version: int
+    iat: float
+    token: str
+    etag: str
+
+
+def render_snapshot(
+    snapshot: Snapshot,
+    *,
+    issuer: str,
+    now: float,
+    ttl_s: float,
+    freshness_interval_s: float,
+    signing_key: Ed25519PrivateKey,
+    announce_kid: str,
+) -> SignedSnapshot:
+    """The key set of an authenticated ``snapshot`` as a JWT under the announcement key."""
+    epoch = snapshot.epoch or ""
+    records = chronological(snapshot.keys.values())
+    body = KeySetSnapshot(
+        issuer=issuer,
+        epoch=epoch,
+        version=snapshot.version,
+        digest=snapshot.meta["digest"],
+        iat=now,
+        exp=now + ttl_s,
+        keys=tuple(
+            SnapshotKey(
+                jwk={**public_only(dict(k.jwk)), "kid": k.kid},
+                state=k.state,
+                activate_at=k.activate_at,
+                retire_at=k.retire_at,
+            )
+            for k in records
+            if k.state in PUBLISHED_STATES
+        ),
+        gone={k.kid: k.state for k in records if k.state not in PUBLISHED_STATES},
+        freshness_interval_s=freshness_interval_s,
+    )
+    token = sign_snapshot(body, signing_key, announce_kid)
+    return SignedSnapshot(
+        epoch=epoch,
+        version=snapshot.version,
+        iat=now,
+        token=token,
+        etag=f'"{epoch}.{snapshot.version}.{int(now * 1000)}"',
+    )
+
+
+def snapshot_uri(issuer: str) -> str:
+    """Where the signed key-set snapshot of ``issuer`` is served."""
+    return issuer.rstrip("/") + SNAPSHOT_PATH

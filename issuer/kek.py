@@ -13,7 +13,9 @@ import os
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .errors import ConfigError, KekError
 
@@ -27,12 +29,13 @@ SEALED_ALG = "A256GCM"
 class Kek:
     """A 256-bit key-encryption key. Its ``repr`` never shows the key."""
 
-    __slots__ = ("_aead", "kek_id")
+    __slots__ = ("_aead", "_key", "kek_id")
 
     def __init__(self, key: bytes) -> None:
         if len(key) != KEK_BYTES:
             raise ConfigError(f"the KEK must be {KEK_BYTES} bytes, the input has {len(key)}")
         self._aead = AESGCM(key)
+        self._key = key
         self.kek_id = hashlib.sha256(b"keyherald-kek-id:" + key).hexdigest()[:16]
 
     @classmethod
@@ -58,6 +61,12 @@ class Kek:
 
     def __repr__(self) -> str:
         return f"Kek(kek_id={self.kek_id!r})"
+
+    def derive(self, purpose: str, context: str) -> bytes:
+        """A 32-byte key for ``purpose`` bound to ``context`` (HKDF-SHA256), so one KEK can
+        authenticate state too without the two uses ever sharing a key."""
+        info = f"keyherald:{purpose}:{context}".encode()
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(self._key)
 
     def seal(self, plaintext: bytes, *, kid: str, purpose: str) -> dict[str, str]:
         """Encrypt ``plaintext`` bound to ``kid`` and ``purpose``."""

@@ -12,6 +12,7 @@ holds the lease next.
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import socket
 import uuid
@@ -87,6 +88,7 @@ class Scheduler:
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.tick_interval_s = tick_interval_s
         self.token: int | None = None
+        self._fresh_at = -math.inf
         redis: aioredis.Redis = authority.redis
         self._lease_key = redis_keys.scheduler_lease(authority.issuer)
         self._fence_key = redis_keys.scheduler_fence(authority.issuer)
@@ -122,15 +124,21 @@ class Scheduler:
         return True
 
     async def run_once(self) -> list[Applied]:
-        """One round: hold the lease, then apply what is due. Followers do nothing."""
+        """One round: hold the lease, apply what is due, and publish a freshness record when
+        one is due. Followers do nothing."""
         if not await self.ensure_lease():
             return []
         try:
-            return await self.authority.tick(fence=self.token)
+            applied = await self.authority.tick(fence=self.token)
         except LeaseLost:
             logger.warning("scheduler %s was fenced out (token %s)", self.holder, self.token)
             self.token = None
             return []
+        now = self.authority.clock()
+        if applied or not now - self._fresh_at < self.authority.freshness_interval_s:
+            await self.authority.publish_freshness()
+            self._fresh_at = now
+        return applied
 
     async def run(self) -> None:
         """Loop until cancelled; errors are logged and retried, never fatal."""

@@ -68,6 +68,14 @@ class IssuerSettings(BaseSettings):
         description="past the max wait: `activate` anyway (logged as a warning) or `wait` "
         "(logged as an error) until the verifiers catch up",
     )
+    state_dir: str | None = Field(
+        None,
+        description="directory for the high-water mark file (a restarted issuer refuses a "
+        "rolled-back store)",
+    )
+    freshness_interval_s: float = Field(
+        30.0, gt=0, description="interval of the signed freshness records verifiers expect"
+    )
 
     def policy(self) -> RotationPolicy:
         """The rotation policy.

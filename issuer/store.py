@@ -32,12 +32,13 @@ RedisReply: TypeAlias = Any
 
 COMMIT_SCRIPT = """
 local meta, keys, stream, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local expected, expected_epoch, token = tonumber(ARGV[1]), ARGV[2], ARGV[3]
+local expected, expected_epoch, token = ARGV[1], ARGV[2], ARGV[3]
 local retention_ms = tonumber(ARGV[4])
 local n_meta, n_records, n_events = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local n_forget = tonumber(ARGV[8])
+local new_version, replace = tonumber(ARGV[9]), ARGV[10]
 
-local current = tonumber(redis.call('HGET', meta, 'version') or '0')
+local current = redis.call('HGET', meta, 'version') or '0'
 local epoch = redis.call('HGET', meta, 'epoch') or ''
 if epoch ~= expected_epoch then return {'EPOCH', current} end
 if current ~= expected then return {'VERSION', current} end
@@ -52,7 +53,8 @@ for key, wanted in pairs(types) do
   end
 end
 
-local i = 9
+local i = 11
+if replace == '1' then redis.call('DEL', keys) end
 for _ = 1, n_forget do
   redis.call('HDEL', keys, ARGV[i])
   i = i + 1
@@ -73,9 +75,8 @@ for _ = 1, n_events do
     'type', ARGV[i], 'version', ARGV[i + 1], 'jws', ARGV[i + 2])
   i = i + 3
 end
-local version = expected + n_events
-redis.call('HSET', meta, 'version', version)
-return {'OK', version}
+redis.call('HSET', meta, 'version', new_version)
+return {'OK', new_version}
 """
 
 
@@ -86,16 +87,43 @@ def text(value: RedisReply) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """The key set as read in one transaction."""
+    """The key set as read in one transaction.
+
+    ``raw_keys`` are the records exactly as stored (what :mod:`issuer.integrity`
+    authenticates); ``keys`` those of them that parse.
+    """
 
     version: int
     epoch: str | None
     keys: Mapping[str, KeyRecord]
     meta: Mapping[str, str] = field(repr=False)
+    raw_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def initialised(self) -> bool:
         return self.epoch is not None
+
+    @classmethod
+    def from_raw(cls, meta: Mapping[str, str], raw_keys: Mapping[str, str]) -> "Snapshot":
+        """Parse what was read; a record that does not parse is left out of ``keys`` (and
+        fails authentication)."""
+        keys: dict[str, KeyRecord] = {}
+        for kid, raw in raw_keys.items():
+            try:
+                keys[kid] = KeyRecord.from_json(raw)
+            except (ValueError, TypeError):
+                logger.error("key record %r does not parse", kid[:64])
+        try:
+            version = int(meta.get("version", 0))
+        except ValueError:
+            version = -1
+        return cls(
+            version=version,
+            epoch=meta.get("epoch"),
+            keys=keys,
+            meta=dict(meta),
+            raw_keys=dict(raw_keys),
+        )
 
 
 class KeyStore:
@@ -117,20 +145,21 @@ class KeyStore:
             pipe.hgetall(self.keys_key)
             raw_meta, raw_keys = await pipe.execute()
         meta = {text(k): text(v) for k, v in raw_meta.items()}
-        keys = {text(k): KeyRecord.from_json(v) for k, v in raw_keys.items()}
-        return Snapshot(
-            version=int(meta.get("version", 0)), epoch=meta.get("epoch"), keys=keys, meta=meta
-        )
+        return Snapshot.from_raw(meta, {text(k): text(v) for k, v in raw_keys.items()})
 
     async def head(self) -> tuple[str | None, int]:
         """``(epoch, version)`` in one round trip: enough to tell whether a cache is current."""
         epoch, version = await self.redis.hmget(self.meta_key, ["epoch", "version"])
-        return (text(epoch) if epoch is not None else None), int(version or 0)
+        try:
+            number = int(version or 0)
+        except ValueError:
+            number = -1  # never equal to a version we hold: the caller re-reads and checks
+        return (text(epoch) if epoch is not None else None), number
 
     async def commit(
         self,
         *,
-        expected_version: int,
+        expected_version: int | str,
         expected_epoch: str | None,
         records: Sequence[KeyRecord],
         events: Sequence[Mapping[str, str]],
@@ -138,6 +167,8 @@ class KeyStore:
         meta: Mapping[str, str] | None = None,
         fence: int | None = None,
         forget: Sequence[str] = (),
+        new_version: int | None = None,
+        replace: bool = False,
     ) -> int:
         """Write ``records`` (and ``meta``) and append ``events``, or nothing at all.
 
@@ -145,16 +176,23 @@ class KeyStore:
             ``expected_version + 1`` onwards.
         :param fence: the scheduler's fencing token; ``None`` for operator actions.
         :param forget: kids whose records to delete (retired or revoked long ago).
+        :param new_version: the version written (default ``expected_version + len(events)``;
+            a restore jumps past every version its history may have used).
+        :param replace: delete every record first (a restore writes the whole set).
         :returns: the new version.
         :raises VersionConflict: the version or epoch changed since it was read.
         :raises LeaseLost: ``fence`` is no longer the current token.
         """
+        if new_version is None:
+            assert isinstance(expected_version, int)
+            new_version = expected_version + len(events)
+        first = new_version - len(events)
         for offset, event in enumerate(events, start=1):
-            if int(event["version"]) != expected_version + offset:
-                raise ValueError("events must carry consecutive versions after the expected one")
+            if int(event["version"]) != first + offset:
+                raise ValueError("events must carry consecutive versions up to the new one")
         meta_items = list((meta or {}).items())
         args: list[str | int] = [
-            expected_version,
+            str(expected_version),
             expected_epoch or "",
             "" if fence is None else str(fence),
             int(retention_s * 1000),
@@ -162,6 +200,8 @@ class KeyStore:
             len(records),
             len(events),
             len(forget),
+            new_version,
+            "1" if replace else "0",
             *forget,
         ]
         for name, value in meta_items:
@@ -177,12 +217,20 @@ class KeyStore:
             raise StoreError(f"the store refused the change: {e}") from e
         status = text(status)
         if status == "OK":
-            return int(version)
+            return int(text(version))
         if status == "FENCE":
             raise LeaseLost(f"fencing token {fence} is stale; another scheduler took the lease")
         raise VersionConflict(
-            f"expected version {expected_version}, the store is at {version} ({status})"
+            f"expected version {expected_version}, the store is at {text(version)} ({status})"
         )
+
+
+async def publish_freshness(
+    redis: aioredis.Redis, stream: str, fields: Mapping[str, str], keep: int = 8
+) -> None:
+    """Append one signed freshness record, keeping only the newest ``keep``."""
+    entry: dict[Any, Any] = dict(fields)
+    await redis.xadd(stream, entry, maxlen=keep, approximate=False)
 
 
 async def check_persistence(redis: aioredis.Redis) -> bool | None:

@@ -3,9 +3,23 @@
 from typing import Final
 
 #: Wire-format schema version carried by every event; bump on an incompatible change.
-EVENT_SCHEMA: Final = 1
+#: 2: events carry the state digests before and after them (``prev``, ``digest``).
+EVENT_SCHEMA: Final = 2
 #: ``typ`` header of the compact JWS that wraps every announcement.
 EVENT_JWS_TYP: Final = "keyherald-event"
+#: ``typ`` header of the signed key-set snapshot and of the signed freshness record.
+SNAPSHOT_JWS_TYP: Final = "keyherald-snapshot+jwt"
+FRESHNESS_JWS_TYP: Final = "keyherald-freshness"
+#: Path of the signed key-set snapshot, relative to the issuer URL.
+SNAPSHOT_PATH: Final = "/.well-known/keyherald-snapshot.jwt"
+#: A stream entry, event or freshness JWS larger than this is dropped unread.
+max_announcement_bytes: Final = 64 * 1024
+#: Metadata, JWKS and snapshot responses larger than this are refused.
+max_document_bytes: Final = 1024 * 1024
+#: Default interval of the issuer's signed freshness records, when the snapshot names none.
+freshness_interval_s: Final = 30.0
+#: A verifier whose newest signed freshness is older than this many intervals is degraded.
+freshness_intervals_allowed: Final = 3
 #: Path of the issuer metadata document, relative to the issuer URL.
 METADATA_PATH: Final = "/.well-known/openid-configuration"
 JWKS_PATH: Final = "/.well-known/jwks.json"
@@ -33,8 +47,12 @@ heartbeat_interval_s: Final = 10.0
 http_timeout_s: Final = 5.0
 
 # --- subscriber runtime (follower, poller, presence) ---
-#: XREAD COUNT: entries fetched per call; key events are rare, so one call drains a burst.
-xread_count: Final = 100
+#: XREAD COUNT: entries fetched per call; small, so a stream flooded with junk is read in
+#: small batches between which the follower yields.
+xread_count: Final = 16
+#: Event-triggered resyncs (gap, new epoch, fork) beyond the first wait out this cooldown, so a
+#: replay of old entries costs one snapshot fetch, not one per entry.
+resync_cooldown_s: Final = 5.0
 #: Reconnect backoff (exponential with full jitter) after Redis errors.
 reconnect_min_s: Final = 0.05
 reconnect_max_s: Final = 5.0
@@ -56,3 +74,6 @@ max_gone_kids: Final = 1_024
 #: the longest token it stores: at most about 1,024 x 8 KiB even when every token is huge.
 token_cache_size: Final = 1_024
 token_cache_max_token_chars: Final = 4_096
+#: Kids seen revoked or retired that are never trusted again. Only signed events and
+#: snapshots add to it, so it grows with the issuer's rotations (a key a day for 270 years).
+max_ended_kids: Final = 100_000

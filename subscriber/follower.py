@@ -1,11 +1,14 @@
 """The stream follower: one background task per verifier, blocking ``XREAD`` on the event stream.
 
-Plain ``XREAD``, not a consumer group: every verifier must see every event. Each session
-starts with a race-free resync (read the stream's last id, *then* fetch the JWKS, then follow
-from that id, so an event committed in between is read from the stream and one committed
-before is in the JWKS). Events are verified against the announcement keys and applied in
-version order; a version gap, a new epoch, a stream that lost its entries (flush, restart
-without persistence) or a forged event sends the verifier back to the JWKS.
+Plain ``XREAD``, not a consumer group: every verifier must see every event. One call reads
+two streams of the issuer: the events and the signed freshness records. Each session starts
+with a race-free resync (read the streams' last ids, *then* fetch the signed snapshot, then
+follow from those ids, so an event committed in between is read from the stream and one
+committed before is in the snapshot). Events are verified against the announcement keys and
+applied only if they continue the history the verifier holds (``prev``/``digest``); a version
+gap, a fork, a new epoch or a stream that lost its entries sends the verifier back to the
+snapshot, at once the first time and then at most once per ``resync_cooldown_s`` (so replayed
+entries cost one fetch, not one each); a forged entry only asks for a rate-limited refresh.
 
 Redis errors end the session: the follower reports itself disconnected and reconnects with
 exponential backoff and full jitter (tenacity), resyncing each time.
@@ -13,6 +16,7 @@ exponential backoff and full jitter (tenacity), resyncing each time.
 
 import asyncio
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeAlias
 
@@ -23,9 +27,10 @@ from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
 from .clock import Clock
-from .constants import block_ms, reconnect_max_s, reconnect_min_s, xread_count
+from .constants import block_ms, reconnect_max_s, reconnect_min_s, resync_cooldown_s, xread_count
 from .errors import EventError, FetchError
 from .events import Event, StreamFields, parse_event
+from .history import Freshness, parse_freshness
 from .keyset import KeySet, Outcome
 from .metrics import Metrics
 
@@ -57,12 +62,15 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _entries(reply: XReadReply) -> list[StreamEntry]:
+def _by_stream(reply: XReadReply) -> dict[str, list[StreamEntry]]:
     if not reply:
-        return []
-    if isinstance(reply, dict):
-        return [entry for entries in reply.values() for entry in entries]
-    return [entry for _stream, entries in reply for entry in entries]
+        return {}
+    pairs = reply.items() if isinstance(reply, dict) else reply
+    return {_text(stream): list(entries) for stream, entries in pairs}
+
+
+#: Events that send the follower back to the snapshot.
+_RESYNC_OUTCOMES = (Outcome.GAP, Outcome.NEW_EPOCH, Outcome.FORK)
 
 
 def raise_if_cancelled() -> None:
@@ -95,6 +103,8 @@ class StreamFollower:
     :param on_connected: told ``True`` once a session is synced and following, ``False`` when
         it ends; and called on every ``XREAD`` reply, as proof the stream is reachable.
     :param on_applied: told each event applied, and the time it was applied.
+    :param fresh_stream: the issuer's freshness stream (``None``: not followed).
+    :param on_fresh: told each signed freshness record that matches the key set held.
     """
 
     def __init__(
@@ -113,6 +123,9 @@ class StreamFollower:
         metrics: Metrics,
         block_ms: int = block_ms,
         reconnect_max_s: float = reconnect_max_s,
+        fresh_stream: str | None = None,
+        on_fresh: Callable[[Freshness], None] = lambda _: None,
+        resync_cooldown_s: float = resync_cooldown_s,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -129,6 +142,11 @@ class StreamFollower:
         self._reconnect_max_s = reconnect_max_s
         #: Id of the last entry read (or the stream head read at resync).
         self.last_id = START_ID
+        self.fresh_stream = fresh_stream
+        self.fresh_last_id = START_ID
+        self._on_fresh = on_fresh
+        self._resync_cooldown_s = resync_cooldown_s
+        self._last_resync_at = -math.inf
 
     @property
     def announcement_keys(self) -> Mapping[str, Ed25519PublicKey]:
@@ -207,17 +225,34 @@ class StreamFollower:
         return START_ID if entry_id is None else _text(entry_id)
 
     async def resync(self, cause: str) -> None:
-        """Read the stream head, then adopt the JWKS, then follow from the head: no event
-        can fall between the two."""
+        """Read the streams' heads, then adopt the signed snapshot, then follow from the
+        heads: no event can fall between the two. The newest freshness record is read too."""
         head = await self.head_id()
+        fresh: list[Any] = []
+        if self.fresh_stream is not None:
+            fresh = list(await self.redis.xrevrange(self.fresh_stream, count=1) or [])
         await self._refresh_jwks()
         self._advance(head)
+        for entry_id, fields in fresh:
+            self.fresh_last_id = _text(entry_id)
+            self._handle_fresh(fields, after_resync=True)
         self._metrics.child(self._metrics.resyncs, cause).inc()
         logger.info(
-            "resynced from JWKS (%s)",
+            "resynced from the signed snapshot (%s)",
             cause,
             extra={"version": self.keyset.version, "stream_id": head},
         )
+
+    async def _resync_limited(self, cause: str) -> bool:
+        """Resync now unless one ran within the cooldown; then only ask for a background
+        refresh. Returns whether it resynced."""
+        now = self._clock()
+        if now - self._last_resync_at >= self._resync_cooldown_s:
+            self._last_resync_at = now
+            await self.resync(cause)
+            return True
+        self._request_refresh(cause)
+        return False
 
     def _advance(self, entry_id: str) -> None:
         if stream_id_key(entry_id) > stream_id_key(self.last_id):
@@ -225,17 +260,26 @@ class StreamFollower:
 
     async def _follow(self) -> None:
         while True:
+            streams = {self.stream: self.last_id}
+            if self.fresh_stream is not None:
+                streams[self.fresh_stream] = self.fresh_last_id
             reply: XReadReply = await self.redis.xread(
-                {self.stream: self.last_id}, count=xread_count, block=self.block_ms
+                streams,  # type: ignore[arg-type]
+                count=xread_count,
+                block=self.block_ms,
             )
             raise_if_cancelled()
             self._on_connected(True)
-            entries = _entries(reply)
-            if not entries:
+            by_stream = _by_stream(reply)
+            events = by_stream.get(self.stream, [])
+            if not events:
                 await self._check_stream_intact()
-                continue
-            for entry_id, fields in entries:
+            for entry_id, fields in events:
                 await self._handle(_text(entry_id), fields)
+            for entry_id, fields in by_stream.get(self.fresh_stream or "", []):
+                self.fresh_last_id = _text(entry_id)
+                if not self._handle_fresh(fields):
+                    await self._resync_limited("freshness")
 
     async def _check_stream_intact(self) -> None:
         # A flushed or restarted-empty Redis leaves a blocked XREAD waiting forever on a key
@@ -249,6 +293,32 @@ class StreamFollower:
             )
             self.last_id = START_ID
             await self.resync("stream_lost")
+
+    def _handle_fresh(self, fields: StreamFields, *, after_resync: bool = False) -> bool:
+        """Check one freshness record; ``False`` when it says we are behind or forked."""
+        try:
+            record = parse_freshness(fields, self._announcement_keys, issuer=self.issuer)
+        except EventError as e:
+            self._metrics.child(self._metrics.events_rejected, e.reason).inc()
+            logger.warning("freshness record refused: %s (%s)", e, e.reason)
+            return True
+        view = self.keyset.view
+        if (record.epoch, record.version, record.digest) == (view.epoch, view.version, view.digest):
+            self._on_fresh(record)
+            return True
+        if record.epoch in self.keyset.old_epochs or (
+            record.epoch == view.epoch and record.version < view.version
+        ):
+            return True  # older than what we hold: says nothing about now
+        if not after_resync:
+            logger.info(
+                "freshness record at %s v%d: our key set (%s v%d) is not current",
+                record.epoch,
+                record.version,
+                view.epoch,
+                view.version,
+            )
+        return after_resync
 
     async def _handle(self, entry_id: str, fields: StreamFields) -> None:
         self._advance(entry_id)
@@ -266,7 +336,7 @@ class StreamFollower:
             self._request_refresh("rejected_event")
             return
         outcome = self.keyset.apply_event(event, self._clock())
-        if outcome in (Outcome.GAP, Outcome.NEW_EPOCH):
+        if outcome in _RESYNC_OUTCOMES:
             logger.info(
                 "event %s v%d: %s, resyncing",
                 event.type,
@@ -274,15 +344,19 @@ class StreamFollower:
                 outcome.value,
                 extra={"kid": event.kid, "event": event.type, "version": event.version},
             )
-            await self.resync(outcome.value)
-            outcome = self.keyset.apply_event(event, self._clock())
-            if outcome in (Outcome.GAP, Outcome.NEW_EPOCH):
-                # The JWKS we were served is older than the stream (a cache in between).
-                logger.warning(
-                    "JWKS behind the stream after resync (%s)",
-                    outcome.value,
-                    extra={"kid": event.kid, "event": event.type, "version": event.version},
-                )
+            if await self._resync_limited(outcome.value):
+                outcome = self.keyset.apply_event(event, self._clock())
+                if outcome is Outcome.NEW_EPOCH:
+                    # The signed snapshot is of another epoch: this one is over (a replay of
+                    # entries from a lost store), and its entries are dropped from now on.
+                    self.keyset.old_epochs.add(event.epoch)
+                    outcome = Outcome.OLD_EPOCH
+                elif outcome in _RESYNC_OUTCOMES:
+                    logger.warning(
+                        "snapshot behind the stream after resync (%s)",
+                        outcome.value,
+                        extra={"kid": event.kid, "event": event.type, "version": event.version},
+                    )
         self._record(event, outcome)
 
     def _record(self, event: Event, outcome: Outcome) -> None:

@@ -1,9 +1,10 @@
 """What a verifier reports about itself: ``Verifier.health()`` and the ``keyherald_state`` gauge.
 
-- ``live``: following the stream.
-- ``degraded``: the stream is unreachable; the JWKS is polled.
+- ``live``: following the stream, with a signed freshness record younger than the bound.
+- ``degraded``: the stream is unreachable or silent; the signed snapshot is polled.
 - ``failed``: the stream follower died and is being restarted; behaves as ``degraded``.
-- ``stale``: degraded or failed past the maximum staleness; tokens are refused by default.
+- ``stale``: nothing confirmed the key set for the maximum staleness; tokens are refused by
+  default.
 """
 
 from collections.abc import Mapping
@@ -19,11 +20,14 @@ class Health:
 
     :param kids: every kid the key set knows, with its state (gone keys included).
     :param lag_s: issuer commit to this verifier applying the last event.
-    :param confirmed_at: when the key set was last confirmed current (stream or JWKS).
+    :param confirmed_at: when the key set was last confirmed current (a signed freshness
+        record or snapshot that matches it), by this verifier's clock.
     :param restarts: background loops (follower, poller, heartbeat) restarted after dying.
     :param failure: why the state is ``failed`` (the follower's error type), else ``None``.
     :param heartbeat_error: why the last heartbeat could not be written (e.g. Redis is a
         read-only replica), or ``None`` once one is written.
+    :param fresh_at: the issuer's time in the newest signed freshness record or snapshot that
+        matched the key set held; ``live`` needs it younger than ``freshness_bound_s``.
     """
 
     state: State
@@ -37,3 +41,5 @@ class Health:
     restarts: int = 0
     failure: str | None = None
     heartbeat_error: str | None = None
+    fresh_at: float | None = None
+    freshness_bound_s: float | None = None

@@ -8,7 +8,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -196,10 +196,30 @@ def _load_ec(jwk: Mapping[str, Any], alg: str) -> AnyPublicKey:
         raise InvalidKey(f"EC point is not on {crv}", reason="bad_jwk") from err
 
 
+# The eight points of small order on edwards25519, canonically encoded (identity, the point
+# of order 2, two of order 4, four of order 8). A signature under such a key can verify for
+# many messages (RFC 8032 implementations differ in what they accept), so none is a key.
+ED25519_SMALL_ORDER: Final = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0000000000000000000000000000000000000000000000000000000000000080",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a",
+        "c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac03fa",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05",
+        "26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc85",
+    )
+)
+
+
 def _load_okp(jwk: Mapping[str, Any]) -> AnyPublicKey:
     x = _member(jwk, "x")
     if len(x) != 32:
         raise InvalidKey("Ed25519 public key must be 32 bytes", reason="bad_jwk")
+    if x in ED25519_SMALL_ORDER:
+        raise InvalidKey("Ed25519 public key is a point of small order", reason="weak_key")
     return Ed25519PublicKey.from_public_bytes(x)
 
 

@@ -16,7 +16,9 @@ import httpx
 
 from .constants import (
     METADATA_PATH,
+    SNAPSHOT_PATH,
     default_poll_interval_s,
+    max_document_bytes,
     max_poll_interval_s,
     min_poll_interval_s,
     poll_jitter_ratio,
@@ -40,6 +42,24 @@ class Metadata:
     announcement_keys: list[Mapping[str, Any]]
     #: The key-store epoch the announcement keys belong to.
     epoch: str | None
+    snapshot_uri: str | None = None
+    freshness_stream: str | None = None
+    freshness_interval_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotResponse:
+    """A snapshot fetch: the compact JWS as served, and its ``max-age`` if any."""
+
+    token: str
+    max_age_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Response:
+    status_code: int
+    headers: httpx.Headers
+    content: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,22 +111,40 @@ class JwksClient:
     :param jwks_url: overrides the metadata's ``jwks_uri``.
     """
 
-    def __init__(self, http: httpx.AsyncClient, issuer: str, jwks_url: str | None = None) -> None:
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        issuer: str,
+        jwks_url: str | None = None,
+        snapshot_url: str | None = None,
+    ) -> None:
         self._http = http
         self.issuer = issuer
         self.jwks_url = jwks_url
+        self.snapshot_url = snapshot_url
         self._etag: str | None = None
         self._doc: Mapping[str, Any] | None = None
 
-    async def _get(self, url: str, headers: Mapping[str, str]) -> httpx.Response:
+    async def _get(self, url: str, headers: Mapping[str, str]) -> "_Response":
         try:
             try:
-                return await self._http.get(url, headers=headers)
+                return await self._get_capped(url, headers)
             except _DROPPED as e:
                 logger.debug("GET %s: connection dropped (%s), sending again", url, e)
-                return await self._http.get(url, headers=headers)
+                return await self._get_capped(url, headers)
         except httpx.HTTPError as e:
             raise FetchError(f"GET {url} failed: {type(e).__name__}") from e
+
+    async def _get_capped(self, url: str, headers: Mapping[str, str]) -> "_Response":
+        # Read at most max_document_bytes: a huge answer (a hostile or broken server) is
+        # refused without holding it in memory.
+        async with self._http.stream("GET", url, headers=headers) as response:
+            body = bytearray()
+            async for chunk in response.aiter_bytes():
+                body += chunk
+                if len(body) > max_document_bytes:
+                    raise FetchError(f"GET {url}: response larger than {max_document_bytes} bytes")
+            return _Response(response.status_code, response.headers, bytes(body))
 
     async def fetch_metadata(self) -> Metadata:
         """GET the issuer's openid-configuration.
@@ -123,16 +161,40 @@ class JwksClient:
             raise FetchError(f"metadata at {url} has no jwks_uri")
         member = doc.get("keyherald")
         member = member if isinstance(member, Mapping) else {}
-        stream = member.get("stream")
         announcement = member.get("announcement_keys")
-        epoch = member.get("epoch")
+        interval = member.get("freshness_interval_s")
+        snapshot_uri = _str(member.get("snapshot_uri"))
+        if self.snapshot_url is None and snapshot_uri is not None:
+            self.snapshot_url = snapshot_uri
         return Metadata(
-            epoch=epoch if isinstance(epoch, str) else None,
+            epoch=_str(member.get("epoch")),
             issuer=self.issuer,
             jwks_uri=jwks_uri,
-            stream=stream if isinstance(stream, str) else None,
+            stream=_str(member.get("stream")),
             announcement_keys=list(announcement) if isinstance(announcement, list) else [],
+            snapshot_uri=snapshot_uri,
+            freshness_stream=_str(member.get("freshness_stream")),
+            freshness_interval_s=float(interval)
+            if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0
+            else None,
         )
+
+    async def fetch_snapshot(self) -> SnapshotResponse:
+        """GET the signed key-set snapshot (verified by the caller, who holds the keys).
+
+        :raises FetchError: unreachable, not 200, or larger than the cap.
+        """
+        if self.snapshot_url is None:
+            await self.fetch_metadata()
+        url = self.snapshot_url or self.issuer.rstrip("/") + SNAPSHOT_PATH
+        response = await self._get(url, {"Accept": "application/jwt"})
+        if response.status_code != 200:
+            raise FetchError(f"GET {url} answered {response.status_code}")
+        try:
+            token = response.content.decode("ascii").strip()
+        except UnicodeDecodeError as e:
+            raise FetchError(f"GET {url} did not return a compact JWS") from e
+        return SnapshotResponse(token, parse_max_age(response.headers.get("cache-control")))
 
     async def fetch_jwks(self, *, conditional: bool = True) -> JwksResponse:
         """GET the JWKS, conditionally on the last ``ETag`` we saw.
@@ -159,7 +221,11 @@ class JwksClient:
         self._doc = self._etag = None
 
 
-def _json_object(response: httpx.Response, url: str) -> dict[str, Any]:
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _json_object(response: _Response, url: str) -> dict[str, Any]:
     if response.status_code != 200:
         raise FetchError(f"GET {url} answered {response.status_code}")
     try:

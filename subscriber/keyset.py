@@ -1,9 +1,10 @@
 """The verifier's key cache: pure state, no I/O.
 
 A :class:`KeySet` is moved forward by signed events (:meth:`KeySet.apply_event`) and reset from
-the issuer's JWKS (:meth:`KeySet.replace_from_jwks`). Readers take :attr:`KeySet.view`, an
-immutable snapshot replaced in one assignment, so a verification running on another thread
-always sees the usable keys, the gone keys and the version of one and the same key set.
+the issuer's signed snapshot (:meth:`KeySet.replace_from_snapshot`). Readers take
+:attr:`KeySet.view`, an immutable snapshot replaced in one assignment, so a verification running
+on another thread always sees the usable keys, the gone keys and the version of one and the
+same key set.
 
 A key set also owns its verifier's :class:`~subscriber.token_cache.TokenCache`: every new
 view, whatever produced it, drops the cached tokens whose key it no longer holds.
@@ -17,9 +18,10 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, Final
 
-from .constants import max_gone_kids
+from .constants import max_ended_kids, max_gone_kids
 from .errors import InvalidKey
 from .events import KEY_ACTIVATED, KEY_ADDED, KEY_RETIRED, Event
+from .history import DigestEntry, KeySetSnapshot, advance, state_digest
 from .jwk import PublicKey, load_public_jwk
 from .token_cache import TokenCache
 
@@ -44,9 +46,12 @@ class Outcome(Enum):
     APPLIED = "applied"
     #: The event's version is not newer than ours (a replay, a duplicate, or reordered).
     IGNORED = "ignored"
-    #: The event is more than one version ahead: events were missed, resync from the JWKS.
+    #: The event is more than one version ahead: events were missed, resync from the snapshot.
     GAP = "gap"
-    #: The event belongs to another epoch (the key store was rebuilt): resync from the JWKS.
+    #: The event does not continue the history we hold (same version with other content, or
+    #: a ``prev``/``digest`` that does not match ours): resync from the snapshot.
+    FORK = "fork"
+    #: The event belongs to another epoch (the key store was rebuilt): resync.
     NEW_EPOCH = "new_epoch"
     #: The event belongs to an epoch this key set already left behind: a replay, dropped.
     OLD_EPOCH = "old_epoch"
@@ -60,6 +65,8 @@ class KeyView:
     :param gone: kid -> refusal reason (``revoked_key`` or ``retired_key``).
     :param states: kid -> lifecycle state, for every kid this key set knows.
     :param first_held: kid -> time this verifier first held the key (seconds since the epoch).
+    :param entries: the issuer's usable keys as the state digest sees them.
+    :param digest: the state digest of ``(epoch, version, entries)``.
     """
 
     version: int = 0
@@ -68,14 +75,17 @@ class KeyView:
     gone: Mapping[str, str] = field(default_factory=_empty)
     states: Mapping[str, str] = field(default_factory=_empty)
     first_held: Mapping[str, float] = field(default_factory=_empty)
+    entries: Mapping[str, DigestEntry] = field(default_factory=_empty)
+    digest: str | None = None
 
 
 @dataclass(slots=True)
 class KeySet:
-    """The key cache of one verifier, advanced by events in version order.
+    """The key cache of one verifier, advanced by signed events in version order and reset
+    from signed snapshots.
 
-    :param issuer: the issuer every event and JWKS must belong to (checked by the caller that
-        parses events; kept here for log lines).
+    :param issuer: the issuer every event and snapshot must belong to (checked by the caller
+        that parses them; part of every digest).
     :param tokens: the verified-token cache that this key set invalidates.
     """
 
@@ -84,6 +94,9 @@ class KeySet:
     #: Epochs this key set has left; events from them are replays and never trigger a resync.
     old_epochs: set[str] = field(default_factory=set)
     _view: KeyView = field(default_factory=KeyView, init=False, repr=False)
+    #: Every kid this key set has seen revoked or retired: never trusted again, whatever a
+    #: later event, snapshot or epoch says (no revival).
+    ended: dict[str, str] = field(default_factory=dict)
 
     @property
     def view(self) -> KeyView:
@@ -104,26 +117,28 @@ class KeySet:
     def epoch(self) -> str | None:
         return self.view.epoch
 
+    def digest_of(self, epoch: str, version: int, entries: Mapping[str, DigestEntry]) -> str:
+        return state_digest(self.issuer, epoch, version, entries.values())
+
     def apply_event(self, event: Event, now: float) -> Outcome:
-        """Apply one verified event if it is the next version of our epoch.
+        """Apply one verified event if it continues the history we hold.
 
         Idempotent: applying an event twice, or an older one, returns :attr:`Outcome.IGNORED`
         and changes nothing.
         """
         view = self.view
-        if event.epoch != view.epoch:
-            if event.epoch in self.old_epochs:
-                return Outcome.OLD_EPOCH
-            return Outcome.NEW_EPOCH
-        if event.version <= view.version:
-            return Outcome.IGNORED
-        if event.version != view.version + 1:
-            return Outcome.GAP
+        refused = self._continuity(event)
+        if refused is not None:
+            return refused
+        entries = advance(view.entries, event)
+        digest = self.digest_of(view.epoch, event.version, entries) if view.epoch else None
+        if event.digest is not None and digest != event.digest:
+            return Outcome.FORK
         keys, gone = dict(view.keys), dict(view.gone)
         states, first_held = dict(view.states), dict(view.first_held)
         if event.type == KEY_ADDED:
-            key = _load(event.data.get("jwk"), event.kid, event.data.get("alg"))
             states[event.kid] = "pending"
+            key = self._usable(event.kid, event.data.get("jwk"), event.data.get("alg"))
             if key is not None:
                 keys[event.kid] = key
                 first_held.setdefault(event.kid, now)
@@ -135,10 +150,7 @@ class KeySet:
                 states[previous] = "retiring"
         elif event.type == KEY_RETIRED:
             state = "revoked" if event.data.get("reason") == "revoked" else "retired"
-            states[event.kid] = state
-            keys.pop(event.kid, None)
-            first_held.pop(event.kid, None)
-            gone[event.kid] = GONE_REASONS[state]
+            self._end(event.kid, state, keys, gone, states, first_held)
         self.view = KeyView(
             version=event.version,
             epoch=view.epoch,
@@ -146,51 +158,100 @@ class KeySet:
             gone=MappingProxyType(_cap(gone)),
             states=MappingProxyType(states),
             first_held=MappingProxyType(first_held),
+            entries=MappingProxyType(entries),
+            digest=digest,
         )
         return Outcome.APPLIED
 
-    def replace_from_jwks(self, doc: Mapping[str, Any], now: float) -> bool:
-        """Adopt the issuer's JWKS document unless we already know a newer key set.
+    def _continuity(self, event: Event) -> Outcome | None:
+        """Why ``event`` cannot be applied to our view as the next step, or ``None``."""
+        view = self.view
+        if event.epoch != view.epoch:
+            return Outcome.OLD_EPOCH if event.epoch in self.old_epochs else Outcome.NEW_EPOCH
+        if event.version <= view.version:
+            forked = event.version == view.version and None not in (event.digest, view.digest)
+            if forked and event.digest != view.digest:
+                return Outcome.FORK
+            return Outcome.IGNORED
+        if event.version != view.version + 1:
+            return Outcome.GAP
+        if event.prev is not None and view.digest is not None and event.prev != view.digest:
+            return Outcome.FORK
+        return None
 
-        A document of our epoch and a version not newer than ours changes nothing (a cache
-        may serve an older JWKS than the events we applied); a document of another epoch
-        replaces everything.
+    def _usable(self, kid: str, jwk: Any, alg: Any) -> PublicKey | None:
+        if kid in self.ended:
+            logger.error(
+                "key %s was %s earlier: never trusted again",
+                kid,
+                self.ended[kid],
+                extra={"kid": kid},
+            )
+            return None
+        return _load(jwk, kid, alg)
+
+    def _end(
+        self,
+        kid: str,
+        state: str,
+        keys: dict[str, PublicKey],
+        gone: dict[str, str],
+        states: dict[str, str],
+        first_held: dict[str, float],
+    ) -> None:
+        self.ended.setdefault(kid, state)
+        _cap(self.ended, max_ended_kids)
+        states[kid] = state
+        keys.pop(kid, None)
+        first_held.pop(kid, None)
+        gone[kid] = GONE_REASONS[state]
+
+    def replace_from_snapshot(self, snapshot: KeySetSnapshot, now: float) -> bool:
+        """Adopt a verified snapshot unless it would take the key set back.
+
+        Refused: an epoch this key set left, and an older version of our epoch (a rollback).
+        Adopted: a newer version, another epoch, or our version with another digest (a fork:
+        the snapshot is the issuer's newest word). Kids ever seen revoked or retired stay out.
 
         :returns: whether the view changed.
-        :raises ValueError: the document lacks the ``keyherald`` member or it is malformed.
         """
-        version, epoch, doc_states = _keyherald_member(doc)
         view = self.view
-        if epoch == view.epoch and version <= view.version:
+        epoch, version = snapshot.epoch, snapshot.version
+        if epoch in self.old_epochs:
+            logger.warning("snapshot of an epoch left behind (%s) refused", epoch)
             return False
+        if epoch == view.epoch:
+            if version < view.version:
+                logger.warning(
+                    "snapshot version %s is behind ours (%s): rollback refused",
+                    version,
+                    view.version,
+                )
+                return False
+            if version == view.version and snapshot.digest == view.digest:
+                return False
+            if version == view.version:
+                logger.error("fork at version %s: adopting the signed snapshot", version)
+        same_epoch = epoch == view.epoch
         keys: dict[str, PublicKey] = {}
         states: dict[str, str] = {}
-        for jwk in doc.get("keys") or ():
-            kid = jwk.get("kid") if isinstance(jwk, Mapping) else None
-            if not isinstance(kid, str):
-                logger.warning("JWKS key without a kid skipped", extra={"version": version})
-                continue
-            state = doc_states.get(kid, "active")
-            if state not in USABLE_STATES:
-                continue
-            key = _load(jwk, kid, jwk.get("alg"))
-            if key is not None:
-                keys[kid] = key
-            states[kid] = state
-        same_epoch = epoch == view.epoch
         gone = dict(view.gone) if same_epoch else {}
-        for kid, state in doc_states.items():
-            if state in GONE_REASONS:
-                states[kid] = state
-                gone[kid] = GONE_REASONS[state]
-        if same_epoch:
-            # A key we held that left the JWKS without telling us why has been retired.
-            for kid in view.keys.keys() - keys.keys():
-                gone.setdefault(kid, "retired_key")
-                states.setdefault(kid, "retired")
-        for kid in keys:
-            gone.pop(kid, None)
-        first_held = {kid: view.first_held.get(kid, now) for kid in keys}
+        first_held: dict[str, float] = {}
+        # Keys we held that the new set lacks were retired (or revoked) in events we missed.
+        held = set(view.keys) if same_epoch else set()
+        for kid in held - {k.kid for k in snapshot.keys}:
+            self._end(kid, "retired", keys, gone, states, first_held)
+        for kid, state in snapshot.gone.items():
+            self._end(kid, state, keys, gone, states, first_held)
+        for entry in snapshot.keys:
+            states[entry.kid] = entry.state
+            key = self._usable(entry.kid, entry.jwk, entry.jwk.get("alg"))
+            if key is not None:
+                keys[entry.kid] = key
+                gone.pop(entry.kid, None)
+                first_held[entry.kid] = view.first_held.get(entry.kid, now)
+            elif entry.kid in self.ended:
+                gone[entry.kid] = GONE_REASONS[self.ended[entry.kid]]
         if not same_epoch and view.epoch is not None:
             self.old_epochs.add(view.epoch)
             logger.warning(
@@ -206,24 +267,10 @@ class KeySet:
             gone=MappingProxyType(_cap(gone)),
             states=MappingProxyType(states),
             first_held=MappingProxyType(first_held),
+            entries=MappingProxyType({k.kid: k.entry() for k in snapshot.keys}),
+            digest=snapshot.digest,
         )
         return True
-
-
-def _keyherald_member(doc: Mapping[str, Any]) -> tuple[int, str, Mapping[str, str]]:
-    member = doc.get("keyherald")
-    if not isinstance(member, Mapping):
-        raise ValueError("JWKS has no keyherald member")
-    version, epoch, states = member.get("version"), member.get("epoch"), member.get("states", {})
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise ValueError(f"JWKS keyherald.version must be a non-negative integer, not {version!r}")
-    if not isinstance(epoch, str):
-        raise ValueError(f"JWKS keyherald.epoch must be a string, not {epoch!r}")
-    if not isinstance(states, Mapping) or not all(isinstance(s, str) for s in states.values()):
-        raise ValueError("JWKS keyherald.states must map kid to state")
-    if not isinstance(doc.get("keys", []), list):
-        raise ValueError("JWKS keys must be a list")
-    return version, epoch, states
 
 
 # Parsed keys by their JWK: every verifier in a process that learns a key shares one parsed
@@ -276,10 +323,10 @@ def _parse(jwk: Mapping[str, Any], kid: str) -> PublicKey | None:
     return key
 
 
-def _cap(gone: dict[str, str]) -> dict[str, str]:
+def _cap(gone: dict[str, str], limit: int = max_gone_kids) -> dict[str, str]:
     # Dicts keep insertion order: the oldest departures are forgotten first, and a forgotten
     # kid is then refused as unknown_kid, which is still a refusal.
-    excess = len(gone) - max_gone_kids
+    excess = len(gone) - limit
     if excess > 0:
         for kid in list(gone)[:excess]:
             del gone[kid]

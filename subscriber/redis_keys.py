@@ -35,6 +35,12 @@ def event_stream(issuer: str) -> str:
     return _key(issuer, "events")
 
 
+def freshness_stream(issuer: str) -> str:
+    """STREAM of signed freshness records (a few newest kept); verifiers XREAD it with the
+    event stream in one call."""
+    return _key(issuer, "fresh")
+
+
 def scheduler_lease(issuer: str) -> str:
     """STRING holding ``<holder>:<fencing token>`` with a PX expiry."""
     return _key(issuer, "lease")

@@ -1,5 +1,9 @@
-"""Every JWKS fetch of one verifier: shared in flight, rate-limited when a token asks for it,
-and polled on the issuer's ``max-age`` while the stream is unreachable.
+"""Every snapshot fetch of one verifier: shared in flight, rate-limited when a token asks for
+it, and polled while the stream is unreachable or silent.
+
+What is fetched is the issuer's signed key-set snapshot (:mod:`subscriber.history`): it is
+verified against the announcement keys, refused if expired, and adopted only if it does not
+take the key set back (:meth:`KeySet.replace_from_snapshot`).
 
 Three callers, three rules:
 
@@ -13,16 +17,20 @@ Three callers, three rules:
 """
 
 import asyncio
+import contextlib
 import logging
 import math
 import random
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from .clock import Clock
-from .errors import FetchError
+from .errors import EventError, FetchError
 from .follower import raise_if_cancelled
+from .history import KeySetSnapshot, parse_snapshot
 from .jwks_client import JwksClient, poll_delay_s
 from .keyset import KeySet
 from .metrics import Metrics
@@ -34,9 +42,13 @@ Spawn = Callable[[Coroutine[Any, Any, Any], str], None]
 
 
 class JwksRefresher:
-    """Fetches the JWKS into a :class:`KeySet`.
+    """Fetches the signed snapshot into a :class:`KeySet`.
 
-    :param after_adopt: awaited after each successful fetch with ``(now, changed)``.
+    :param announcement_keys: the keys a snapshot must be signed by (read at each fetch).
+    :param reload_announcement_keys: asked once when a snapshot is signed by a key we do not
+        hold (a rebuilt store may come with a new announcement key); returns whether the keys
+        changed. Pinned keys never change.
+    :param after_adopt: awaited after each successful fetch with ``(now, changed, snapshot)``.
     """
 
     def __init__(
@@ -48,7 +60,10 @@ class JwksRefresher:
         metrics: Metrics,
         cooldown_s: float,
         poll_bounds_s: tuple[float, float],
-        after_adopt: Callable[[float, bool], Awaitable[None]],
+        after_adopt: Callable[[float, bool, KeySetSnapshot], Awaitable[None]],
+        announcement_keys: Callable[[], Mapping[str, Ed25519PublicKey]],
+        reload_announcement_keys: Callable[[], Awaitable[bool]],
+        leeway_s: float,
     ) -> None:
         self.client = client
         self.keyset = keyset
@@ -57,6 +72,9 @@ class JwksRefresher:
         self._cooldown_s = cooldown_s
         self._poll_bounds_s = poll_bounds_s
         self._after_adopt = after_adopt
+        self._announcement_keys = announcement_keys
+        self._reload_announcement_keys = reload_announcement_keys
+        self._leeway_s = leeway_s
         self._rng = random.Random()
         self._guard = threading.Lock()
         #: A requested refresh is scheduled or running.
@@ -116,42 +134,73 @@ class JwksRefresher:
 
     async def _fetch_and_adopt(self, trigger: str) -> bool:
         try:
-            response = await self.client.fetch_jwks()
+            response = await self.client.fetch_snapshot()
         except FetchError:
             self._metrics.child(self._metrics.jwks_fetches, trigger, "error").inc()
             raise
-        result = "not_modified" if response.not_modified else "ok"
-        self._metrics.child(self._metrics.jwks_fetches, trigger, result).inc()
+        self._metrics.child(self._metrics.jwks_fetches, trigger, "ok").inc()
+        snapshot = await self._verified(response.token)
         now = self._clock()
-        try:
-            changed = self.keyset.replace_from_jwks(response.doc, now)
-        except ValueError as e:
-            self.client.forget()
-            raise FetchError(f"JWKS unusable: {e}") from e
+        changed = self.keyset.replace_from_snapshot(snapshot, now)
         self.max_age_s = response.max_age_s
-        await self._after_adopt(now, changed)
+        await self._after_adopt(now, changed, snapshot)
         if changed:
             logger.info(
-                "key set adopted from JWKS (%s)", trigger, extra={"version": self.keyset.version}
+                "key set adopted from the signed snapshot (%s)",
+                trigger,
+                extra={"version": self.keyset.version},
             )
         return changed
+
+    async def _verified(self, token: str) -> KeySetSnapshot:
+        for attempt in range(2):
+            try:
+                return parse_snapshot(
+                    token,
+                    self._announcement_keys(),
+                    issuer=self.keyset.issuer,
+                    now=self._clock(),
+                    leeway_s=self._leeway_s,
+                )
+            except EventError as e:
+                self._metrics.child(self._metrics.events_rejected, e.reason).inc()
+                if attempt or e.reason != "forged_event" or not await self._reload():
+                    raise FetchError(f"snapshot refused: {e} ({e.reason})") from e
+        raise AssertionError("unreachable")
+
+    async def _reload(self) -> bool:
+        try:
+            return await self._reload_announcement_keys()
+        except FetchError as e:
+            logger.warning("announcement keys could not be reloaded: %s", e)
+            return False
 
     async def poll(
         self,
         degraded: asyncio.Event,
         is_live: Callable[[], bool],
         confirmed_at: Callable[[], float],
+        check_s: float,
     ) -> None:
-        """Poll while ``degraded`` is set, every ``max-age`` (clamped, minus jitter).
+        """Poll while not live, every ``max-age`` (clamped, minus jitter).
 
         The first poll of an outage is due one interval after the keys were last confirmed
-        (by the stream or a fetch), not after the outage was noticed: the issuer's lead only
-        covers a key set at most ``max-age`` old.
+        (by a freshness record or a fetch), not after the outage was noticed: the issuer's
+        lead only covers a key set at most ``max-age`` old.
+
+        Liveness is looked at every ``check_s`` too, not only when ``degraded`` is set: a
+        stream that stays connected but falls silent (no freshness record) is not live, and
+        neither is one whose follower died.
         """
         lo, hi = self._poll_bounds_s
         first = True
         while True:
-            await degraded.wait()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(check_s):
+                    await degraded.wait()
+            if is_live():
+                first = True
+                continue
             delay = poll_delay_s(self.max_age_s, self._rng, min_s=lo, max_s=hi)
             if first:
                 delay = max(0.0, min(delay, confirmed_at() + delay - self._clock()))

@@ -6,16 +6,22 @@
                         redis_url="redis://127.0.0.1:6379/0") as verifier:
         claims = verifier.verify(token)      # CPU only: no I/O, no await
 
-Three background tasks keep the cache current: the stream follower (``follower.py``), a JWKS
-poller that only polls while the stream is unreachable, and the presence heartbeat. States:
+Three background tasks keep the cache current: the stream follower (``follower.py``), a poller
+of the signed snapshot that only polls while the verifier is not live, and the presence
+heartbeat. States:
 
-- ``live``: following the stream; an unknown ``kid`` is refused at once, with no network.
-- ``degraded``: the stream is unreachable; the last known-good keys keep verifying, the JWKS is
-  polled, and an unknown ``kid`` may trigger one background JWKS refresh per cooldown.
+- ``live``: following the stream, and the issuer's newest signed freshness record (or snapshot)
+  matches the key set held and is younger than the freshness bound; an unknown ``kid`` is
+  refused at once, with no network.
+- ``degraded``: the stream is unreachable, or silent past the freshness bound (withheld
+  events, a dead issuer, a stuck connection); the last known-good keys keep verifying, the
+  signed snapshot is polled, and an unknown ``kid`` may trigger one background refresh per
+  cooldown.
 - ``failed``: the stream follower died (a bug, an incompatible dependency) and is being
   restarted with backoff; the verifier behaves as ``degraded`` until it follows again.
-- ``stale``: degraded or failed for longer than ``max_staleness_s`` since the keys were last
-  confirmed; tokens are refused (``keys_stale``) unless ``stale_policy="keep_verifying"``.
+- ``stale``: nothing confirmed the key set (freshness record or snapshot) for
+  ``max_staleness_s``; tokens are refused (``keys_stale``) unless
+  ``stale_policy="keep_verifying"``.
 """
 
 import asyncio
@@ -29,6 +35,7 @@ from typing import Any, Literal
 
 import httpx
 import redis.asyncio as aioredis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import REGISTRY, CollectorRegistry
 from redis.exceptions import RedisError
 
@@ -38,13 +45,14 @@ from .errors import FetchError, InvalidKey, InvalidToken, KeyNotFound, KeyNotUsa
 from .events import Event, load_announcement_keys
 from .follower import StreamFollower
 from .health import Health, State
+from .history import Freshness, KeySetSnapshot
 from .jwk import SUPPORTED_ALGS
 from .jwks_client import JwksClient, Metadata
 from .jws import strict_json_object
 from .keyset import KeySet
 from .metrics import Metrics, metrics_for
 from .presence import HeartbeatRecord, Presence, new_instance_id
-from .redis_keys import event_stream
+from .redis_keys import event_stream, freshness_stream
 from .refresher import JwksRefresher
 from .supervisor import supervise
 from .token_cache import TokenCache
@@ -68,7 +76,8 @@ class Verifier:
     :param audience: the accepted audience, or a set of them.
     :param redis_url: the Redis holding the issuer's stream; or pass ``redis``.
     :param redis: an existing ``redis.asyncio`` client (the caller keeps ownership).
-    :param jwks_url: overrides the metadata's ``jwks_uri``.
+    :param snapshot_url: overrides the metadata's ``snapshot_uri`` (the signed key-set
+        snapshot); with pinned ``announcement_keys`` too, the metadata is never fetched.
     :param stream: overrides the stream key the metadata announces.
     :param algorithms: the signing algorithms accepted.
     :param leeway_s: clock skew tolerated on ``exp``/``nbf``/``iat``.
@@ -90,6 +99,9 @@ class Verifier:
     :param heartbeat_interval_s: how often the heartbeat is refreshed (and on every change).
     :param heartbeat_ttl_s: how long one heartbeat keeps this instance listed.
     :param block_ms: ``XREAD BLOCK``; lowered to half the Redis client's socket timeout.
+    :param freshness_bound_s: the verifier is degraded once the newest signed freshness is
+        older than this; default: ``freshness_intervals_allowed`` times the interval the
+        issuer announces, plus ``leeway_s``.
     :param registry: the Prometheus registry for metrics; ``None`` turns them off.
     :param token_cache_size: verified tokens remembered, so a token seen again skips its
         signature check (``exp``/``nbf`` and its key are still checked each time); 0 turns
@@ -104,7 +116,7 @@ class Verifier:
         audience: str | frozenset[str],
         redis_url: str | None = None,
         redis: aioredis.Redis | None = None,
-        jwks_url: str | None = None,
+        snapshot_url: str | None = None,
         stream: str | None = None,
         algorithms: frozenset[str] = frozenset(SUPPORTED_ALGS),
         leeway_s: float = constants.leeway_s,
@@ -124,6 +136,7 @@ class Verifier:
         block_ms: int = constants.block_ms,
         registry: CollectorRegistry | None = REGISTRY,
         token_cache_size: int = constants.token_cache_size,
+        freshness_bound_s: float | None = None,
     ) -> None:
         if (redis_url is None) == (redis is None):
             raise ValueError("pass exactly one of redis_url and redis")
@@ -147,7 +160,7 @@ class Verifier:
             issuer=issuer, audience=audience, algorithms=algorithms, leeway_s=leeway_s, typ=typ
         )
         self._redis_url, self._redis = redis_url, redis
-        self._jwks_url, self._stream = jwks_url, stream
+        self._snapshot_url, self._stream = snapshot_url, stream
         self._pinned = list(announcement_keys) if announcement_keys is not None else None
         if self._pinned is not None:
             load_announcement_keys(self._pinned)  # refuse a bad pin now, not at start
@@ -164,6 +177,12 @@ class Verifier:
         self._heartbeat_interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
         self._heartbeat_ttl_s = heartbeat_ttl_s
         self._block_ms = int(_positive("block_ms", block_ms))
+        self._leeway_s = leeway_s
+        self._fixed_bound_s = (
+            None if freshness_bound_s is None else _positive("freshness_bound_s", freshness_bound_s)
+        )
+        self._fresh_bound_s = self._bound_for(constants.freshness_interval_s)
+        self._fresh_at = -math.inf
         self._metrics = metrics_for(registry)
         self._count = self._metrics.verifications.add
         self._valid = self._metrics.verifications.counter("ok")
@@ -186,7 +205,7 @@ class Verifier:
         # Written by the event loop, read by verify() on any thread: plain attributes whose
         # single assignments are atomic.
         self._running = False
-        self._live = False
+        self._connected = False
         self._confirmed_at = -math.inf
         self._last_event_ts: float | None = None
         self._lag_s: float | None = None
@@ -234,7 +253,8 @@ class Verifier:
             )
         if self._http is None:
             self._http = self._own_http = clients.acquire_http(constants.http_timeout_s)
-        self._jwks = JwksClient(self._http, self.issuer, self._jwks_url)
+        self._jwks = JwksClient(self._http, self.issuer, snapshot_url=self._snapshot_url)
+        self._announcement_keys: Mapping[str, Ed25519PublicKey] = {}
         self._refresher = refresher = JwksRefresher(
             client=self._jwks,
             keyset=self.keyset,
@@ -243,25 +263,31 @@ class Verifier:
             cooldown_s=self._cooldown_s,
             poll_bounds_s=self._poll_bounds,
             after_adopt=self._after_adopt,
+            announcement_keys=lambda: self._announcement_keys,
+            reload_announcement_keys=self._refresh_announcement_keys,
+            leeway_s=self._leeway_s,
         )
         refresher.bind(asyncio.get_running_loop(), self._spawn)
         metadata: Metadata | None = None
-        if self._pinned is None or self._jwks_url is None:
+        if self._pinned is None or self._snapshot_url is None:
             metadata = await self._jwks.fetch_metadata()
-            self._jwks.jwks_url = self._jwks_url or metadata.jwks_uri
         pinned = (
             self._pinned if self._pinned is not None else metadata and metadata.announcement_keys
         )
         if not pinned:
             raise FetchError(f"issuer {self.issuer} announces no announcement keys")
-        self._announce_epoch = metadata.epoch if metadata is not None else None
         stream = self._stream or (metadata and metadata.stream) or event_stream(self.issuer)
+        if metadata is not None and metadata.freshness_interval_s is not None:
+            self._fresh_bound_s = self._bound_for(metadata.freshness_interval_s)
+        self._announcement_keys = load_announcement_keys(pinned)
         self._follower = StreamFollower(
             redis=self._redis,
             stream=stream,
             keyset=self.keyset,
             issuer=self.issuer,
-            announcement_keys=load_announcement_keys(pinned),
+            announcement_keys=self._announcement_keys,
+            fresh_stream=(metadata and metadata.freshness_stream) or freshness_stream(self.issuer),
+            on_fresh=self._on_fresh,
             refresh_jwks=lambda: refresher.refresh("resync", fresh=True),
             request_refresh=refresher.request,
             on_connected=self._on_connected,
@@ -285,7 +311,7 @@ class Verifier:
         self._supervise(
             "poller",
             lambda _: refresher.poll(
-                self._degraded, lambda: self._live, lambda: self._confirmed_at
+                self._degraded, self._is_live, lambda: self._confirmed_at, self._fresh_bound_s / 4
             ),
         )
         if self._presence_on:
@@ -370,13 +396,9 @@ class Verifier:
         now = self._clock()
         tokens = self._tokens
         try:
-            if (
-                not self._live
-                and self._fail_closed
-                and now - self._confirmed_at > self._max_staleness_s
-            ):
+            if self._fail_closed and now - self._confirmed_at > self._max_staleness_s:
                 raise KeyNotUsable(
-                    "keys are stale: stream and JWKS unreachable", reason="keys_stale"
+                    "keys are stale: nothing confirmed them for too long", reason="keys_stale"
                 )
             if tokens is not None:
                 claims = tokens.get(token, view.keys, self.options, now)
@@ -392,7 +414,7 @@ class Verifier:
                 tokens.put(token, view.keys[kid], kid, claims, payload)
         except KeyNotFound as e:
             self._count(e.reason)
-            if e.reason == "unknown_kid" and not self._live and self._refresher is not None:
+            if e.reason == "unknown_kid" and self._refresher is not None and not self._is_live(now):
                 self._refresher.request("unknown_kid")
             raise
         except InvalidToken as e:
@@ -403,45 +425,82 @@ class Verifier:
 
     # -- JWKS ------------------------------------------------------------------------------
 
-    async def _after_adopt(self, now: float, changed: bool) -> None:
-        if self._pinned is None and self.keyset.epoch != self._announce_epoch:
-            await self._refresh_announcement_keys()
-        self._confirmed_at = now
+    async def _after_adopt(self, now: float, changed: bool, snapshot: KeySetSnapshot) -> None:
+        if snapshot.freshness_interval_s is not None:
+            self._fresh_bound_s = self._bound_for(snapshot.freshness_interval_s)
+        view = self.keyset.view
+        if (view.epoch, view.version, view.digest) == (
+            snapshot.epoch,
+            snapshot.version,
+            snapshot.digest,
+        ):
+            self._confirm(snapshot.iat)
         if changed:
             self._version_gauge.set(self.keyset.version)
             self._dirty.set()
 
-    async def _refresh_announcement_keys(self) -> None:
-        # A rebuilt key store (new epoch) comes with a new announcement key; without it every
-        # later event would look forged. Pinned keys are never replaced from the network.
+    async def _refresh_announcement_keys(self) -> bool:
+        # An issuer started on an empty store draws a new announcement key; a snapshot signed
+        # by it is checked against the metadata's keys, fetched over HTTP from the issuer (never
+        # read from Redis). Pinned keys are never replaced from the network.
+        if self._pinned is not None:
+            return False
         metadata = await self._jwks.fetch_metadata()
         try:
             keys = load_announcement_keys(metadata.announcement_keys)
         except InvalidKey as e:
             raise FetchError(f"metadata announcement keys unusable: {e}") from e
-        if not keys:
-            raise FetchError(f"issuer {self.issuer} announces no announcement keys")
+        if not keys or keys.keys() == self._announcement_keys.keys():
+            return False
+        self._announcement_keys = keys
         self._follower.announcement_keys = keys
-        self._announce_epoch = metadata.epoch
         logger.warning(
             "announcement keys reloaded for epoch %s", metadata.epoch, extra={"kids": sorted(keys)}
         )
+        return True
+
+    # -- freshness -------------------------------------------------------------------------
+
+    def _bound_for(self, interval_s: float) -> float:
+        if self._fixed_bound_s is not None:
+            return self._fixed_bound_s
+        return constants.freshness_intervals_allowed * interval_s + self._leeway_s
+
+    def _confirm(self, issued_at: float) -> None:
+        """The issuer vouched at ``issued_at`` for the key set we hold."""
+        self._fresh_at = max(self._fresh_at, issued_at)
+        self._confirmed_at = self._clock()
+        if self._connected:
+            self._degraded.clear()
+
+    def _on_fresh(self, record: Freshness) -> None:
+        was_live = self._is_live(self._clock())
+        self._confirm(record.ts)
+        if not was_live and self._is_live(self._clock()):
+            self._dirty.set()
+            logger.info("verifier live (fresh at %s)", record.ts)
+
+    def _is_live(self, now: float | None = None) -> bool:
+        """Following the stream, with a freshness record younger than the bound."""
+        now = self._clock() if now is None else now
+        return self._connected and now - self._fresh_at <= self._fresh_bound_s
 
     # -- follower callbacks ----------------------------------------------------------------
 
     def _on_connected(self, connected: bool) -> None:
-        if connected:
-            self._confirmed_at = self._clock()
-            if self._failure is not None:
-                self._failure = None
-                logger.warning("stream follower recovered", extra={"instance_id": self.instance_id})
-        if connected == self._live:
-            return
-        self._live = connected
-        if connected:
+        # Called on every XREAD reply too: that is where a silent stream (no freshness record
+        # within the bound) turns the verifier degraded and wakes the poller.
+        changed = connected != self._connected
+        self._connected = connected
+        if connected and self._failure is not None:
+            self._failure = None
+            logger.warning("stream follower recovered", extra={"instance_id": self.instance_id})
+        if self._is_live():
             self._degraded.clear()
         else:
             self._degraded.set()
+        if not changed:
+            return
         self._dirty.set()
         state = self._publish_state()
         logger.log(
@@ -461,7 +520,7 @@ class Verifier:
     # -- health and presence ---------------------------------------------------------------
 
     def _state(self) -> State:
-        if self._live:
+        if self._is_live():
             return "live"
         if self._clock() - self._confirmed_at > self._max_staleness_s:
             return "stale"
@@ -487,6 +546,8 @@ class Verifier:
             restarts=self._restarts,
             failure=self._failure,
             heartbeat_error=self._presence.error if self._presence is not None else None,
+            fresh_at=self._fresh_at if math.isfinite(self._fresh_at) else None,
+            freshness_bound_s=self._fresh_bound_s,
         )
 
     def heartbeat_record(self) -> HeartbeatRecord:

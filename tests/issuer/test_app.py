@@ -22,6 +22,7 @@ async def test_jwks_headers_and_no_private_member(
     assert not any(PRIVATE_MEMBERS & key.keys() for key in body["keys"])
     assert body["keyherald"] == {
         "version": 2, "epoch": snapshot.epoch, "states": {body["keys"][0]["kid"]: "active"},
+        "digest": snapshot.meta["digest"],
     }  # fmt: skip
 
 

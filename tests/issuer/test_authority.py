@@ -158,15 +158,21 @@ async def test_works_with_a_decoding_client(redis_url: str, clock: ManualClock, 
         await client.aclose()
 
 
-async def test_lost_store_gets_a_new_epoch_and_keeps_the_announcement_key(
+async def test_store_lost_under_a_running_issuer_is_restored_with_the_same_keys(
     authority: Authority, redis: aioredis.Redis
 ) -> None:
     before = await authority.snapshot()
     announce = await authority.announcement_jwks()
     await redis.flushdb()
     after = await authority.snapshot()
-    assert after.epoch != before.epoch and after.version == 2
-    assert len(after.keys) == 1 and set(after.keys).isdisjoint(before.keys)
-    # Verifiers that pinned the announcement key keep trusting the rebuilt store's events.
+    # The same history goes on: same epoch, same keys and states, the next version.
+    assert after.epoch == before.epoch and after.version == before.version + 1
+    assert {k: r.state for k, r in after.keys.items()} == {
+        k: r.state for k, r in before.keys.items()
+    }
     assert await authority.announcement_jwks() == announce
-    assert [e.epoch for e in await stream_events(redis, authority)] == [after.epoch] * 2
+    events = await stream_events(redis, authority)
+    assert [(e.type, e.version, e.data["reason"]) for e in events] == [
+        ("key-set-restored", before.version + 1, "store_empty")
+    ]
+    assert events[0].prev == before.meta["digest"] and events[0].digest == after.meta["digest"]

@@ -87,7 +87,7 @@ async def test_both_present_or_both_absent_across_a_crash(
             await asyncio.sleep(0)
     redis_server.kill()
     results = await asyncio.gather(*tasks, return_exceptions=True)
-    assert all(isinstance(r, aioredis.ConnectionError | OSError) for r in results)
+    assert all(isinstance(r, aioredis.ConnectionError | OSError) for r in results), results
     await client.aclose()
 
     redis_server.start()

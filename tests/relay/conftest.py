@@ -15,7 +15,16 @@ from relay.metrics import RelayMetrics
 from relay.policy import DeliveryPolicy
 from relay.schedule import RetrySchedule
 from relay.service import Relay
+from subscriber.constants import SNAPSHOT_PATH
 from subscriber.events import Event, announcement_jwk, sign_event
+from subscriber.history import (
+    DigestEntry,
+    KeySetSnapshot,
+    SnapshotKey,
+    advance,
+    sign_snapshot,
+    state_digest,
+)
 from subscriber.jwks_client import JwksClient
 from subscriber.redis_keys import event_stream
 from tests.keys import es256_jwk
@@ -41,6 +50,9 @@ class MiniIssuer:
         #: When set, the JWKS lags this many versions behind (a stale cache in between).
         self.jwks_lag = 0
         self._doc_versions: list[dict[str, Any]] = []
+        self.entries: dict[str, DigestEntry] = {}
+        self.digest = state_digest(ISSUER, epoch, 0, [])
+        self.snapshot_requests = 0
 
     def jwks(self) -> dict[str, Any]:
         docs = self._doc_versions
@@ -50,6 +62,12 @@ class MiniIssuer:
 
     async def publish(self, type_: str, kid: str, data: dict[str, Any]) -> Event:
         self.version += 1
+        draft = Event(type_, ISSUER, self.epoch, self.version, kid, float(self.version), data)
+        self.entries = advance(self.entries, draft)
+        prev, self.digest = (
+            self.digest,
+            state_digest(ISSUER, self.epoch, self.version, self.entries.values()),
+        )
         event = Event(
             type=type_,
             issuer=ISSUER,
@@ -58,6 +76,9 @@ class MiniIssuer:
             kid=kid,
             ts=float(self.version),
             data=data,
+            event_id=draft.event_id,
+            prev=prev,
+            digest=self.digest,
         )
         fields = sign_event(event, self.signing_key, self.announce_jwk["kid"])
         await self.redis.xadd(event_stream(ISSUER), fields)
@@ -68,10 +89,28 @@ class MiniIssuer:
                     "version": self.version,
                     "epoch": self.epoch,
                     "states": dict(self.states),
+                    "digest": self.digest,
                 },
             }
         )
         return event
+
+    def snapshot_token(self) -> str:
+        """The (possibly lagging) key set as the issuer signs it."""
+        doc = self.jwks()
+        member = doc["keyherald"]
+        usable = tuple(
+            SnapshotKey(jwk=k, state=member["states"][k["kid"]])
+            for k in doc["keys"]
+            if member["states"][k["kid"]] in ("pending", "active", "retiring")
+        )
+        digest = state_digest(
+            ISSUER, member["epoch"], member["version"], [k.entry() for k in usable]
+        )
+        body = KeySetSnapshot(
+            ISSUER, member["epoch"], member["version"], digest, 0.0, 4e9, usable, {}
+        )
+        return sign_snapshot(body, self.signing_key, self.announce_jwk["kid"])
 
     async def add_key(self) -> Event:
         jwk = es256_jwk()
@@ -98,6 +137,12 @@ class MiniIssuer:
 
     async def app(self, scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
+        if scope["path"] == SNAPSHOT_PATH:
+            self.snapshot_requests += 1
+            headers = [(b"content-type", b"application/jwt")]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": self.snapshot_token().encode()})
+            return
         self.jwks_requests += 1
         doc = self.jwks()
         etag = f'"{doc["keyherald"]["epoch"]}.{doc["keyherald"]["version"]}"'

@@ -41,7 +41,7 @@ async def test_registration_checks_url_and_event_types(store) -> None:
     with pytest.raises(ConfigError):
         await store.register("https://hooks.example/", [])
     p, _ = await store.register("https://hooks.example/")
-    assert set(p.event_types) == {"key-added", "key-activated", "key-retired"}
+    assert set(p.event_types) == {"key-added", "key-activated", "key-retired", "key-set-restored"}
 
 
 async def test_rotation_keeps_the_old_secret_for_the_overlap(store, clock) -> None:

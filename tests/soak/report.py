@@ -3,9 +3,8 @@
 Classification of refused tokens (all were unexpired when sent, see ``loadgen.py``):
 
 - ``revoked``: the soak revoked the token's key before sending it: a correct refusal;
-- ``data_loss``: the token's key belonged to a key store that a FLUSHALL destroyed, or to the
-  key the issuer bootstrapped after it (activated at once, with no lead, by necessity) and was
-  sent before every verifier had resynced. Listed one by one, with the reason;
+- ``data_loss``: kept for the report's shape and always empty now: a FLUSHALL no longer loses
+  keys, because the running issuer restores the key set it holds (its high-water mark);
 - ``valid_rejected``: everything else. Must be 0.
 """
 
@@ -24,14 +23,9 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def _flushes(faults: Faults) -> list[dict[str, Any]]:
+def _flush_times(faults: Faults) -> list[float]:
     return [
-        {
-            "flushed_at": r.notes["flushed_at"],
-            "lost_epoch": r.notes["lost_epoch"],
-            "new_epoch": r.notes["new_epoch"],
-            "settled_at": r.settled_at,
-        }
+        r.notes["flushed_at"]
         for r in faults.records
         if r.name == "redis_flush" and "flushed_at" in r.notes
     ]
@@ -43,20 +37,7 @@ def classify(rejection: Rejection, kid_epoch: dict[str, str], faults: Faults) ->
         # A verdict that came back after the revocation was requested may follow its commit.
         if rev.kid == rejection.kid and rejection.answered_at >= rev.requested_at:
             return "revoked", f"key revoked by the soak at {rev.requested_at:.3f}"
-    epoch = kid_epoch.get(rejection.kid)
-    for flush in _flushes(faults):
-        if epoch == flush["lost_epoch"] and rejection.sent_at >= flush["flushed_at"]:
-            return "data_loss", (
-                f"key of epoch {flush['lost_epoch']} destroyed by FLUSHALL at "
-                f"{flush['flushed_at']:.3f}; the rebuilt store (epoch {flush['new_epoch']}) "
-                "does not have it"
-            )
-        if epoch == flush["new_epoch"] and rejection.sent_at < flush["settled_at"]:
-            return "data_loss", (
-                f"key bootstrapped into the rebuilt store (epoch {flush['new_epoch']}) after the "
-                f"FLUSHALL at {flush['flushed_at']:.3f}: active at once, with no lead, and sent "
-                "before every verifier had resynced"
-            )
+    # A FLUSHALL excuses nothing: the issuer restores the key set it holds.
     return "valid_rejected", "nothing explains it"
 
 
@@ -138,15 +119,16 @@ def deliveries(cluster: Cluster, faults: Faults) -> dict[str, Any]:
     for r in received:
         if r.get("set_epoch") is not None:
             newest[r["set_epoch"]] = max(newest.get(r["set_epoch"], 0), r["set_version"] or 0)
-    flushed = {f["lost_epoch"]: f["flushed_at"] for f in _flushes(faults)}
+    flushes = _flush_times(faults)
     covered, lost, lost_in_flush = 0, [], []
     for event in cluster.events:
         if (event.epoch, event.version) in got:
             continue
         if newest.get(event.epoch, 0) >= event.version:
             covered += 1  # a delivered full key set at least this new carried it
-        elif event.epoch in flushed:
-            before = round(flushed[event.epoch] - event.ts, 3)
+        elif any(event.ts <= at for at in flushes):
+            # Queued at the relay (in Redis) when a FLUSHALL took the queue with it.
+            before = round(min(at for at in flushes if event.ts <= at) - event.ts, 3)
             lost_in_flush.append({**_event_id(event), "published_before_flush_s": before})
         else:
             lost.append(_event_id(event))

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry
 from issuer import create_app
 from issuer.settings import IssuerSettings
 from subscriber.clock import ManualClock
-from subscriber.constants import JWKS_PATH
+from subscriber.constants import SNAPSHOT_PATH
 from subscriber.jws import b64url_decode, b64url_encode, compact_json
 from subscriber.verifier import Verifier
 
@@ -44,8 +44,9 @@ class CountingTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError("issuer unreachable", request=request)
         return await self.inner.handle_async_request(request)
 
-    def jwks_fetches(self) -> int:
-        return self.paths.count(JWKS_PATH)
+    def snapshot_fetches(self) -> int:
+        """Requests of the signed snapshot: what every verifier resync and poll costs."""
+        return self.paths.count(SNAPSHOT_PATH)
 
 
 @dataclass
@@ -70,6 +71,26 @@ class Issuer:
     async def token(self, **claims: Any) -> str:
         """A token signed by the active key."""
         return await self.app.state.signer.sign({"aud": AUDIENCE, "sub": "u1", **claims})  # type: ignore[no-any-return]
+
+    async def advance(self, seconds: float, *, tick: bool = True) -> list[Any]:
+        """What the scheduler does while ``seconds`` pass: apply the transitions now due, then
+        publish a freshness record, which every connected verifier has taken when this returns.
+        """
+        self.clock.advance(seconds)
+        applied = await self.authority.tick() if tick else []
+        await self.fresh()
+        return applied  # type: ignore[no-any-return]
+
+    async def fresh(self) -> None:
+        """Publish a signed freshness record and wait until connected verifiers hold it."""
+        record = await self.authority.publish_freshness()
+
+        def taken() -> bool:
+            return all(
+                (v.health().fresh_at or 0.0) >= record.ts for v in self.verifiers if v._connected
+            )
+
+        await eventually(taken, what="freshness record")
 
     def verifier(self, **options: Any) -> Verifier:
         kwargs: dict[str, Any] = dict(

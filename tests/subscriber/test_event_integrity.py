@@ -51,8 +51,7 @@ async def test_forged_and_unsigned_events_change_nothing(issuer: Issuer) -> None
 async def test_replayed_and_reordered_events_change_nothing(issuer: Issuer) -> None:
     async with issuer.verifier() as verifier:
         await issuer.authority.rotate()
-        issuer.clock.advance(issuer.settings.lead_s)
-        applied = await issuer.authority.tick()
+        applied = await issuer.advance(issuer.settings.lead_s)
         await eventually(lambda: verifier.keyset.version == applied[-1].version)
         view = verifier.keyset.view
         stream = event_stream(ISSUER)

@@ -13,20 +13,20 @@ from subscriber.follower import StreamFollower, effective_block_ms
 from subscriber.keyset import KeySet
 from subscriber.metrics import metrics_for
 from tests.subscriber.conftest import eventually
-from tests.subscriber.test_keyset import ISSUER, added, es256_jwk, jwks
+from tests.subscriber.test_keyset import ISSUER, added, chained, es256_jwk, snapshot
 
 STREAM = "keyherald:{test}:events"
 
 
 class Rig:
-    """A follower whose JWKS is a document the test controls."""
+    """A follower whose snapshot is one the test controls."""
 
     def __init__(self, redis: aioredis.Redis, clock: ManualClock) -> None:
         self.redis = redis
         self.signing_key = Ed25519PrivateKey.generate()
         self.announce = announcement_jwk(self.signing_key.public_key())
         self.keyset = KeySet(ISSUER)
-        self.doc: dict[str, Any] = {}
+        self.doc: Any = None
         self.refresh_requests: list[str] = []
         self.metrics = metrics_for(CollectorRegistry())
         self.follower = StreamFollower(
@@ -45,7 +45,7 @@ class Rig:
         )
 
     async def refresh(self) -> None:
-        self.keyset.replace_from_jwks(self.doc, 0.0)
+        self.keyset.replace_from_snapshot(self.doc, 0.0)
 
     async def publish(self, event: Event, key: Ed25519PrivateKey | None = None) -> str:
         fields = sign_event(event, key or self.signing_key, self.announce["kid"])
@@ -71,13 +71,14 @@ async def stop(task: "asyncio.Task[None]") -> None:
 async def test_stream_trimmed_past_our_position_resyncs(redis, clock) -> None:
     rig = Rig(redis, clock)
     k0, k1, k2 = es256_jwk(), es256_jwk(), es256_jwk()
-    rig.doc = jwks(1, "e1", {k0["kid"]: "active"}, k0)
+    rig.doc = start = snapshot(1, "e1", {k0["kid"]: "active"}, k0)
     await rig.follower.resync("bootstrap")
     # Two events are committed and the stream trimmed past the first before we read it.
-    await rig.publish(added(k1, 2))
-    third = await rig.publish(added(k2, 3))
+    second, third_event = chained(start, added(k1, 2), added(k2, 3))
+    await rig.publish(second)
+    third = await rig.publish(third_event)
     await redis.xtrim(STREAM, minid=third, approximate=False)
-    rig.doc = jwks(3, "e1", {k0["kid"]: "active", k1["kid"]: "pending", k2["kid"]: "pending"},
+    rig.doc = snapshot(3, "e1", {k0["kid"]: "active", k1["kid"]: "pending", k2["kid"]: "pending"},
                    k0, k1, k2)  # fmt: skip
     task = asyncio.create_task(rig.follower.run(synced=True))
     try:
@@ -91,13 +92,14 @@ async def test_stream_trimmed_past_our_position_resyncs(redis, clock) -> None:
 async def test_reordered_events_end_in_the_right_state(redis, clock) -> None:
     rig = Rig(redis, clock)
     k0, k1, k2 = es256_jwk(), es256_jwk(), es256_jwk()
-    rig.doc = jwks(1, "e1", {k0["kid"]: "active"}, k0)
+    rig.doc = start = snapshot(1, "e1", {k0["kid"]: "active"}, k0)
     task = await run_follower(rig)
     try:
-        rig.doc = jwks(3, "e1", {k0["kid"]: "active", k1["kid"]: "pending", k2["kid"]: "pending"},
-                       k0, k1, k2)  # fmt: skip
-        await rig.publish(added(k2, 3))
-        await rig.publish(added(k1, 2))
+        states = {k0["kid"]: "active", k1["kid"]: "pending", k2["kid"]: "pending"}
+        rig.doc = snapshot(3, "e1", states, k0, k1, k2)
+        second, third = chained(start, added(k1, 2), added(k2, 3))
+        await rig.publish(third)
+        await rig.publish(second)
         await eventually(lambda: rig.ignored() == 2, what="v3 (after the resync), then v2")
         assert rig.keyset.version == 3 and len(rig.keyset.view.keys) == 3
     finally:
@@ -107,13 +109,14 @@ async def test_reordered_events_end_in_the_right_state(redis, clock) -> None:
 async def test_forged_event_is_never_applied_and_asks_for_a_refresh(redis, clock) -> None:
     rig = Rig(redis, clock)
     k0, k1 = es256_jwk(), es256_jwk()
-    rig.doc = jwks(1, "e1", {k0["kid"]: "active"}, k0)
+    rig.doc = start = snapshot(1, "e1", {k0["kid"]: "active"}, k0)
     task = await run_follower(rig)
     try:
-        await rig.publish(added(k1, 2), key=Ed25519PrivateKey.generate())
+        (event,) = chained(start, added(k1, 2))
+        await rig.publish(event, key=Ed25519PrivateKey.generate())
         await eventually(lambda: rig.refresh_requests == ["rejected_event"], what="refused")
         assert rig.keyset.version == 1 and k1["kid"] not in rig.keyset.view.keys
-        await rig.publish(added(k1, 2))  # the genuine one still applies
+        await rig.publish(event)  # the genuine one still applies
         await eventually(lambda: k1["kid"] in rig.keyset.view.keys, what="genuine event")
     finally:
         await stop(task)

@@ -112,10 +112,10 @@ async def test_start_fails_when_the_issuer_is_unreachable(issuer: Issuer) -> Non
         await issuer.verifier().start()
 
 
-async def test_pinned_announcement_key_and_jwks_url_skip_metadata(issuer: Issuer) -> None:
+async def test_pinned_announcement_key_and_snapshot_url_skip_metadata(issuer: Issuer) -> None:
     pinned = await issuer.authority.announcement_jwks()
-    jwks_url = f"{ISSUER}/.well-known/jwks.json"
-    async with issuer.verifier(announcement_keys=pinned, jwks_url=jwks_url) as verifier:
+    url = f"{ISSUER}/.well-known/keyherald-snapshot.jwt"
+    async with issuer.verifier(announcement_keys=pinned, snapshot_url=url) as verifier:
         assert verifier.verify(await issuer.token())
         applied = await issuer.authority.rotate()
         await eventually(lambda: verifier.keyset.version == applied.version)

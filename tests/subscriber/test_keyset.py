@@ -1,8 +1,10 @@
-"""KeySet: pure state, events applied once and in version order, JWKS adoption."""
+"""KeySet: pure state, events applied once and in version order, snapshot adoption."""
 
+import dataclasses
 from typing import Any
 
 from subscriber.events import Event
+from subscriber.history import KeySetSnapshot, SnapshotKey, advance, state_digest
 from subscriber.keyset import KeySet, Outcome
 from tests.keys import es256_jwk
 
@@ -23,14 +25,34 @@ def retired(kid: str, reason: str, version: int) -> Event:
     return Event("key-retired", ISSUER, "e1", version, kid, 3.0, {"reason": reason})
 
 
-def jwks(version: int, epoch: str, states: dict[str, str], *keys: dict[str, Any]) -> dict[str, Any]:
-    return {"keys": list(keys), "keyherald": {"version": version, "epoch": epoch, "states": states}}
+def snapshot(
+    version: int, epoch: str, states: dict[str, str], *keys: dict[str, Any]
+) -> KeySetSnapshot:
+    """A key-set snapshot as the issuer signs it (digest included; the signature is not
+    KeySet's concern)."""
+    usable = tuple(SnapshotKey(jwk=k, state=states[k["kid"]]) for k in keys)
+    digest = state_digest(ISSUER, epoch, version, [k.entry() for k in usable])
+    gone = {kid: state for kid, state in states.items() if state in ("revoked", "retired")}
+    return KeySetSnapshot(ISSUER, epoch, version, digest, 0.0, 1e12, usable, gone)
+
+
+def chained(start: KeySetSnapshot, *events: Event) -> list[Event]:
+    """``events`` with the ``prev``/``digest`` an issuer gives them, computed in version
+    order from ``start`` (returned in the order given)."""
+    entries = {k.kid: k.entry() for k in start.keys}
+    prev, done = start.digest, {}
+    for event in sorted(events, key=lambda e: e.version):
+        entries = advance(entries, event)
+        digest = state_digest(ISSUER, event.epoch, event.version, entries.values())
+        done[event.version] = dataclasses.replace(event, prev=prev, digest=digest)
+        prev = digest
+    return [done[e.version] for e in events]
 
 
 def test_lifecycle_through_events() -> None:
     a, b = es256_jwk(), es256_jwk()
     ks = KeySet(ISSUER)
-    assert ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=0.0)
+    assert ks.replace_from_snapshot(snapshot(2, "e1", {a["kid"]: "active"}, a), now=0.0)
     assert ks.apply_event(added(b, 3), now=1.0) is Outcome.APPLIED
     assert ks.view.states[b["kid"]] == "pending" and b["kid"] in ks.view.keys
     assert ks.apply_event(activated(b["kid"], a["kid"], 4), now=2.0) is Outcome.APPLIED
@@ -46,7 +68,7 @@ def test_lifecycle_through_events() -> None:
 def test_replayed_reordered_and_gapped_events_change_nothing() -> None:
     a, b = es256_jwk(), es256_jwk()
     ks = KeySet(ISSUER)
-    ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=0.0)
+    ks.replace_from_snapshot(snapshot(2, "e1", {a["kid"]: "active"}, a), now=0.0)
     view = ks.view
     assert ks.apply_event(added(b, 2), now=1.0) is Outcome.IGNORED  # replay of an old version
     assert ks.apply_event(activated(b["kid"], a["kid"], 4), now=1.0) is Outcome.GAP
@@ -59,17 +81,19 @@ def test_replayed_reordered_and_gapped_events_change_nothing() -> None:
 def test_older_jwks_never_rolls_back_events() -> None:
     a, b = es256_jwk(), es256_jwk()
     ks = KeySet(ISSUER)
-    ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=0.0)
+    ks.replace_from_snapshot(snapshot(2, "e1", {a["kid"]: "active"}, a), now=0.0)
     ks.apply_event(added(b, 3), now=1.0)
-    assert not ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=2.0)
+    assert not ks.replace_from_snapshot(snapshot(2, "e1", {a["kid"]: "active"}, a), now=2.0)
     assert b["kid"] in ks.view.keys
 
 
 def test_jwks_without_a_key_we_held_marks_it_gone() -> None:
     a, b = es256_jwk(), es256_jwk()
     ks = KeySet(ISSUER)
-    ks.replace_from_jwks(jwks(2, "e1", {a["kid"]: "active"}, a), now=0.0)
-    ks.replace_from_jwks(jwks(5, "e1", {b["kid"]: "active", a["kid"]: "revoked"}, b), now=1.0)
+    ks.replace_from_snapshot(snapshot(2, "e1", {a["kid"]: "active"}, a), now=0.0)
+    ks.replace_from_snapshot(
+        snapshot(5, "e1", {b["kid"]: "active", a["kid"]: "revoked"}, b), now=1.0
+    )
     assert set(ks.view.keys) == {b["kid"]}
     assert ks.view.gone == {a["kid"]: "revoked_key"}
 
@@ -77,9 +101,9 @@ def test_jwks_without_a_key_we_held_marks_it_gone() -> None:
 def test_new_epoch_replaces_everything_and_old_epoch_events_are_replays() -> None:
     a, b = es256_jwk(), es256_jwk()
     ks = KeySet(ISSUER)
-    ks.replace_from_jwks(jwks(7, "e1", {a["kid"]: "active"}, a), now=0.0)
+    ks.replace_from_snapshot(snapshot(7, "e1", {a["kid"]: "active"}, a), now=0.0)
     ks.apply_event(retired(a["kid"], "revoked", 8), now=0.5)
-    assert ks.replace_from_jwks(jwks(2, "e2", {b["kid"]: "active"}, b), now=1.0)
+    assert ks.replace_from_snapshot(snapshot(2, "e2", {b["kid"]: "active"}, b), now=1.0)
     assert (ks.version, ks.epoch, set(ks.view.keys), dict(ks.view.gone)) == (
         2,
         "e2",
@@ -93,6 +117,6 @@ def test_a_key_that_fails_to_load_never_verifies() -> None:
     a, weak = es256_jwk(), es256_jwk()
     weak["x"] = weak["x"][:-4] + "AAAA"  # no longer on the curve
     ks = KeySet(ISSUER)
-    ks.replace_from_jwks(jwks(1, "e1", {a["kid"]: "active"}, a), now=0.0)
+    ks.replace_from_snapshot(snapshot(1, "e1", {a["kid"]: "active"}, a), now=0.0)
     assert ks.apply_event(added(weak, 2), now=1.0) is Outcome.APPLIED
     assert weak["kid"] not in ks.view.keys

@@ -27,7 +27,7 @@ async def test_new_key_is_cached_by_every_verifier_before_it_activates(issuer: I
     for v in verifiers:
         await eventually(lambda v=v: kid in v.keyset.view.keys, what="pending key cached")
         assert v.keyset.view.states[kid] == "pending"
-    issuer.clock.advance(issuer.settings.lead_s)
+    await issuer.advance(issuer.settings.lead_s, tick=False)
     await issuer.authority.activate(kid)
     token = await issuer.token()
     for v in verifiers:
@@ -54,12 +54,12 @@ async def test_retired_key_is_refused_after_its_grace(issuer: Issuer) -> None:
         old_token = await issuer.token()
         old_kid = (await issuer.authority.signing_key()).kid
         await issuer.authority.rotate()
-        issuer.clock.advance(issuer.settings.lead_s)
-        await issuer.authority.tick()  # the new key activates, the old one is retiring
+        await issuer.advance(
+            issuer.settings.lead_s
+        )  # the new key activates, the old one is retiring
         await eventually(lambda: verifier.keyset.view.states.get(old_kid) == "retiring")
         assert old_kid in verifier.keyset.view.keys  # verifies through its grace
-        issuer.clock.advance(issuer.settings.retire_grace_s + 1)
-        applied = await issuer.authority.tick()
+        applied = await issuer.advance(issuer.settings.retire_grace_s + 1)
         assert any(e.type == "key-retired" and e.kid == old_kid for a in applied for e in a.events)
         await eventually(lambda: old_kid in verifier.keyset.view.gone, what="key-retired")
         with pytest.raises(KeyNotUsable) as info:
@@ -89,12 +89,12 @@ async def test_unknown_kids_cause_no_fetch_while_live(issuer: Issuer) -> None:
     rng = random.Random(7)
     async with issuer.verifier() as verifier:
         token = await issuer.token()
-        before = issuer.transport.jwks_fetches()
+        before = issuer.transport.snapshot_fetches()
         for _ in range(10_000):
             with pytest.raises(KeyNotFound):
                 verifier.verify(with_kid(token, rng.randbytes(16).hex()))
         await asyncio.sleep(0.05)  # give any (wrongly) scheduled refresh a chance to run
-        assert issuer.transport.jwks_fetches() == before
+        assert issuer.transport.snapshot_fetches() == before
         assert verifier.health().state == "live"
 
 
@@ -108,18 +108,17 @@ async def test_unknown_kids_while_degraded_refresh_once_per_cooldown(issuer: Iss
         assert verifier.health().state == "degraded"
         token = await issuer.token()
         assert verifier.verify(token)  # bootstrapped from the JWKS alone
-        start = issuer.transport.jwks_fetches()
+        start = issuer.transport.snapshot_fetches()
         # A real new key appears while a flood of random kids is going on.
         await issuer.authority.rotate()
-        issuer.clock.advance(issuer.settings.lead_s)
-        await issuer.authority.tick()
+        await issuer.advance(issuer.settings.lead_s)
         new_token = await issuer.token()
         for round_ in range(3):
             for _ in range(10_000):
                 with pytest.raises(KeyNotFound):
                     verifier.verify(with_kid(token, rng.randbytes(16).hex()))
             await eventually(lambda: not verifier._refresher.requested, what="refresh done")
-            assert issuer.transport.jwks_fetches() - start == round_ + 1
+            assert issuer.transport.snapshot_fetches() - start == round_ + 1
             issuer.clock.advance(30.0)
         # The flood used each cooldown's refresh, and each refresh brought the real key.
         assert verifier.verify(new_token)

@@ -41,7 +41,7 @@ def _signed() -> tuple[dict[str, str], dict[str, object], Event]:
     jwk = announcement_jwk(sk.public_key())
     event = Event(
         type="key-retired", issuer=ISSUER, epoch="e", version=7, kid="k1", ts=5.0,
-        data={"reason": "revoked"},
+        data={"reason": "revoked"}, prev="sha256:before", digest="sha256:after",
     )  # fmt: skip
     return sign_event(event, sk, jwk["kid"]), load_announcement_keys([jwk]), event
 
