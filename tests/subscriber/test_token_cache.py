@@ -4,13 +4,14 @@ import pytest
 
 from keyherald.redis_server import free_port
 from subscriber.clock import ManualClock
-from subscriber.errors import InvalidClaims, InvalidToken, KeyNotFound, KeyNotUsable
+from subscriber.errors import InvalidClaims, InvalidToken, KeyNotUsable
 from subscriber.events import Event
 from subscriber.keyset import KeySet
 from subscriber.token_cache import TokenCache
 from subscriber.verify import VerifyOptions
 from tests.keys import es256_jwk
 from tests.subscriber.conftest import AUDIENCE, Issuer, eventually, with_kid
+from tests.subscriber.test_keyset import snapshot
 
 # -- against the real issuer and stream ----------------------------------------------------
 
@@ -64,16 +65,22 @@ async def test_a_retired_key_refuses_its_cached_token_at_once(issuer: Issuer) ->
         assert info.value.reason == "retired_key"
 
 
-async def test_an_epoch_resync_refuses_cached_tokens_of_the_old_store(issuer: Issuer) -> None:
+async def test_a_flushed_and_restored_store_keeps_cached_tokens_valid(issuer: Issuer) -> None:
     async with issuer.verifier() as verifier:
         token = await issuer.token()
         verifier.verify(token)
-        old_epoch = verifier.keyset.epoch
+        version = verifier.keyset.version
         await issuer.redis.flushdb()
-        await eventually(lambda: verifier.keyset.epoch != old_epoch, what="new epoch")
-        assert token not in verifier.keyset.tokens
-        with pytest.raises(KeyNotFound):
-            verifier.verify(token)
+        await eventually(lambda: verifier.keyset.version > version, what="restored key set")
+        assert verifier.verify(token)["sub"] == "u1"
+
+
+def test_an_epoch_change_drops_the_tokens_of_the_old_store() -> None:
+    a, b = es256_jwk(), es256_jwk()
+    keyset = _keyset_holding(a)
+    keyset.tokens.put("t1", keyset.view.keys[a["kid"]], a["kid"], dict(CLAIMS), b"{}")
+    assert keyset.replace_from_snapshot(snapshot(1, "e2", {b["kid"]: "active"}, b), now=1.0)
+    assert "t1" not in keyset.tokens
 
 
 async def test_a_token_expired_between_two_calls_is_refused(issuer: Issuer) -> None:
@@ -162,8 +169,7 @@ CLAIMS = {"iss": ISSUER, "aud": "a", "exp": NOW + 100}
 
 def _keyset_holding(jwk: dict[str, object]) -> KeySet:
     keyset = KeySet(ISSUER)
-    doc = {"keys": [jwk], "keyherald": {"version": 1, "epoch": "e1", "states": {}}}
-    assert keyset.replace_from_jwks(doc, now=0.0)
+    assert keyset.replace_from_snapshot(snapshot(1, "e1", {jwk["kid"]: "active"}, jwk), now=0.0)
     return keyset
 
 
