@@ -39,9 +39,9 @@ from subscriber.clock import Clock, system_clock
 from subscriber.events import Event
 
 from . import egress
-from .egress import EgressPolicy, Resolver, redact_url, system_resolver
+from .egress import EgressPolicy, Resolver, system_resolver
 from .errors import DeliveryFailed, EgressRefused, PartnerNotFound
-from .items import Item, Recorded, collapse, deliveries, entry_order
+from .items import Item, Recorded, collapse, deliveries, waits_for_older
 from .keysource import KeySource, current_for, payload
 from .metrics import RelayMetrics
 from .partners import Partner, PartnerStore
@@ -66,24 +66,6 @@ class ReplayPlan:
     events: int
     deliveries: int
     versions: list[int]
-
-
-def _held(head: Item, pending_from: str | None) -> bool:
-    """Whether an older stream entry than the head's is still pending in the group."""
-    if pending_from is None:
-        return False
-    # An item queued before entry ids were kept: hold it while anything is pending.
-    return not head.entry_id or entry_order(pending_from) < entry_order(head.entry_id)
-
-
-def _location(url: str, location: str | None) -> str:
-    """A redirect's target, absolute and redacted (no credentials, no query)."""
-    if not location:
-        return "<none>"
-    try:
-        return redact_url(httpx.URL(url).join(location))
-    except (httpx.InvalidURL, TypeError, ValueError):
-        return "<invalid url>"
 
 
 class Deliverer:
@@ -273,7 +255,7 @@ class Deliverer:
             await asyncio.sleep(min(wait, self.policy.lease_s / 3))
             return True
         pending_from = await self.store.oldest_pending(self._group)
-        if _held(head, pending_from):
+        if waits_for_older(head, pending_from):
             # An older entry is read but not queued yet (its replica may have died: it is
             # reclaimed after idle_before_claim_s). Sending the head first would break the
             # version order and let the delivered mark pass the older versions.
@@ -325,7 +307,7 @@ class Deliverer:
         if status in (429, 503):
             retry_after = egress.retry_after_s(response.headers.get("retry-after"), now)
         if 300 <= status < 400:
-            location = _location(partner.url, response.headers.get("location"))
+            location = egress.redirect_target(partner.url, response.headers.get("location"))
         error = None if 200 <= status < 300 else ("redirect" if location is not None else "status")
         return Attempt(status, error, response.latency_s, retry_after, location), items
 

@@ -236,6 +236,17 @@ class Response:
     latency_s: float
 
 
+def redirect_target(url: str, location: str | None) -> str:
+    """A redirect's ``Location``, made absolute against ``url`` and redacted (no credentials,
+    no query), for the attempt records."""
+    if not location:
+        return "<none>"
+    try:
+        return redact_url(httpx.URL(url).join(location))
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return "<invalid url>"
+
+
 def retry_after_s(value: str | None, now: float) -> float | None:
     """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP-date)."""
     if not value:

@@ -103,3 +103,12 @@ def deliveries(items: Sequence[Item]) -> int:
         rest = rest[len(collapse(rest, None)) :]
         count += 1
     return count
+
+
+def waits_for_older(head: Item, pending_from: str | None) -> bool:
+    """Whether ``head`` must wait: an older stream entry than its own is still pending in the
+    consumer group (``pending_from``: the oldest pending entry), not queued yet."""
+    if pending_from is None:
+        return False
+    # An item queued before entry ids were kept: hold it while anything is pending.
+    return not head.entry_id or entry_order(pending_from) < entry_order(head.entry_id)
