@@ -6,7 +6,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC := $(wildcard issuer subscriber relay watcher keyherald tests bench)
 
-.PHONY: test lint mypy pytest demo soak bench clean
+# The floors venv: every runtime dependency at the lowest version pyproject.toml admits.
+FLOORS_PYTHON ?= python3.11
+FLOORS_VENV ?= .venv-floors
+
+.PHONY: test test-floors lint mypy pytest demo soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +30,19 @@ mypy: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/pytest -q
 
+# The subscriber and issuer tests on the declared floors (.ci/floors.py pins each `>=X` of
+# the runtime dependencies to `==X`; the test tools stay unpinned). A floor the code cannot
+# run on fails here, not in a service that happens to pin an old release.
+test-floors:
+	rm -rf $(FLOORS_VENV)
+	$(FLOORS_PYTHON) -m venv $(FLOORS_VENV)
+	$(FLOORS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(FLOORS_VENV)/bin/python .ci/floors.py pyproject.toml > $(FLOORS_VENV)/floors.txt
+	$(FLOORS_VENV)/bin/python -m pip install --quiet -c $(FLOORS_VENV)/floors.txt -e '.[test]'
+	$(FLOORS_VENV)/bin/python -m pip check
+	$(FLOORS_VENV)/bin/python -m pip freeze | grep -iE "^($$(cut -d= -f1 $(FLOORS_VENV)/floors.txt | paste -sd'|'))=="
+	$(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/subscriber tests/issuer
+
 soak: $(STAMP)
 	$(BIN)/pytest -q -m soak tests/soak
 
@@ -39,4 +56,4 @@ demo: $(STAMP)
 	$(BIN)/keyherald demo
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(FLOORS_VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -6,7 +6,7 @@ in-process against the test Redis and drive time with a manual clock::
     from issuer import IssuerSettings, create_app
     from subscriber.clock import ManualClock
 
-    settings = IssuerSettings(issuer="http://issuer.test", kek=KEK_B64, admin_token="t0ken")
+    settings = IssuerSettings(issuer="https://issuer.test", kek=KEK_B64, admin_token="t0ken")
     clock = ManualClock()
     app = create_app(settings=settings, redis=client, clock=clock, run_scheduler=False)
     authority = app.state.authority        # rotate/activate/revoke/tick directly

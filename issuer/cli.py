@@ -1,10 +1,21 @@
 """``keyherald issuer``: serve the issuer (JWKS, metadata, admin API, scheduler) with uvicorn."""
 
 import argparse
+import asyncio
 import logging
+import os
+import re
 import textwrap
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+from pydantic import ValidationError
+from redis.exceptions import RedisError
+
+from keyherald.errors import CommandError, ConfigurationError, settings_problems
 
 from .errors import ConfigError
+from .kek import Kek
 from .settings import IssuerSettings
 
 logger = logging.getLogger(__name__)
@@ -41,18 +52,75 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
 
 
+def load_settings() -> tuple[IssuerSettings, Kek]:
+    """The settings and KEK from the environment, or every problem with them at once.
+
+    :raises ConfigurationError: one line per variable that is missing or wrong.
+    """
+    problems: list[str] = []
+    settings: IssuerSettings | None = None
+    try:
+        settings = IssuerSettings()  # type: ignore[call-arg]  # issuer comes from the env
+    except ValidationError as e:
+        problems += settings_problems(e, "KEYHERALD_", secret=_SECRET)
+    kek: Kek | None = None
+    if settings is not None:
+        try:
+            settings.policy()
+            kek = settings.load_kek()
+        except ConfigError as e:
+            problems.append(_env_names(str(e)))
+    elif not os.environ.get("KEYHERALD_KEK") and not _truthy("KEYHERALD_DEV_EPHEMERAL_KEK"):
+        problems.append(_MISSING_KEK)
+    if problems or settings is None or kek is None:
+        raise ConfigurationError(*problems)
+    return settings, kek
+
+
+_SECRET = frozenset({"kek", "admin_token"})
+_MISSING_KEK = (
+    "KEYHERALD_KEK is not set: generate one with `openssl rand -base64 32` (or, for a "
+    "throwaway development key, set KEYHERALD_DEV_EPHEMERAL_KEK=true)"
+)
+
+
+def _truthy(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _env_names(message: str) -> str:
+    """A library message (``lead_s=10``) in the terms of the environment
+    (``KEYHERALD_LEAD_S=10``)."""
+    for name in IssuerSettings.model_fields:
+        message = re.sub(rf"\b{name}=", f"KEYHERALD_{name.upper()}=", message)
+    return message
+
+
+async def _check_redis(url: str, timeout_s: float) -> None:
+    client = aioredis.Redis.from_url(
+        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
+    )
+    try:
+        await client.ping()
+    except (RedisError, OSError) as e:
+        where = urlsplit(url)
+        raise CommandError(
+            f"cannot reach Redis at {where.hostname}:{where.port or 6379} "
+            f"({type(e).__name__}: {e}): start it, or set KEYHERALD_REDIS_URL"
+        ) from e
+    finally:
+        await client.aclose()
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .app import create_app
 
-    try:
-        settings = IssuerSettings()  # type: ignore[call-arg]  # issuer comes from the env
-        app = create_app(settings=settings)
-    except (ConfigError, ValueError) as e:
-        # pydantic's ValidationError is a ValueError; it names the setting, never a secret.
-        logger.error("cannot start the issuer: %s", e)
-        return 2
+    settings, kek = load_settings()
+    # Before "serving on": an unreachable Redis is one line here, not a traceback at startup.
+    asyncio.run(_check_redis(settings.redis_url, settings.redis_timeout_s))
+    app = create_app(settings=settings, kek=kek)
     logger.info("issuer %s serving on http://%s:%s", settings.issuer, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, lifespan="on")
     return 0

@@ -42,12 +42,22 @@ class Kek:
     def from_base64(cls, value: str, name: str = "KEYHERALD_KEK") -> "Kek":
         """Parse a KEK setting ``name`` (standard or url-safe base64 of 32 random bytes).
 
-        :raises ConfigError: not base64, or not 32 bytes.
+        :raises ConfigError: not base64, not 32 bytes, or plainly not random (one repeated
+            byte, or text such as a passphrase); the message says how to make a good one.
         """
+        text = value.strip()
+        make = "generate one with `openssl rand -base64 32`"
+        if len(text) == 2 * KEK_BYTES and all(c in "0123456789abcdefABCDEF" for c in text):
+            raise ConfigError(f"{name} looks like hex; it must be base64 of 32 bytes: {make}")
         try:
-            raw = base64.b64decode(value.strip().replace("-", "+").replace("_", "/"), validate=True)
+            raw = base64.b64decode(text.replace("-", "+").replace("_", "/"), validate=True)
         except (binascii.Error, ValueError) as e:
-            raise ConfigError(f"{name} is not valid base64") from e
+            raise ConfigError(f"{name} is not valid base64: {make}") from e
+        if len(raw) != KEK_BYTES:
+            raise ConfigError(f"{name} decodes to {len(raw)} bytes, it must be {KEK_BYTES}: {make}")
+        problem = weakness(raw)
+        if problem is not None:
+            raise ConfigError(f"{name} {problem}, not random bytes: {make}")
         return cls(raw)
 
     @classmethod
@@ -95,6 +105,20 @@ class Kek:
             return self._aead.decrypt(nonce, ct, _aad(kid, purpose))
         except (KeyError, binascii.Error, InvalidTag) as e:
             raise KekError(f"sealed key {kid!r} does not open: tampered or misplaced") from e
+
+
+def weakness(raw: bytes) -> str | None:
+    """Why ``raw`` is plainly not a random key, or ``None``.
+
+    Catches the mistakes people make (all zeros, a passphrase or a readable string encoded
+    as base64), not every weak key: 32 random bytes are printable ASCII with probability
+    (95/256)^32, about 1e-14, and repeat fewer than 8 distinct values practically never.
+    """
+    if len(set(raw)) < 8:
+        return f"repeats {len(set(raw))} distinct byte value(s)"
+    if all(32 <= b < 127 or b in b"\t\n\r" for b in raw):
+        return "is ASCII text (a passphrase or a readable string)"
+    return None
 
 
 def _aad(kid: str, purpose: str) -> bytes:

@@ -1,18 +1,57 @@
 """Issuer configuration from the environment (prefix ``KEYHERALD_``), read at the entry points.
 
 Every duration is in seconds, so a demo can rotate every few seconds. In tests, build one
-directly: ``IssuerSettings(issuer="http://issuer.test", kek=..., admin_token=...)``.
+directly: ``IssuerSettings(issuer="https://issuer.test", kek=..., admin_token=...)``.
 """
 
+import ipaddress
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .errors import ConfigError
 from .kek import Kek
 from .policy import DAY_S, RotationPolicy
 from .readiness import ActivationGate
+
+
+def check_issuer_url(value: str) -> str:
+    """``value`` if it can be an issuer URL, else :class:`ValueError` saying what to write.
+
+    The URL is compared exactly with every token's ``iss`` and names the key store, so a
+    trailing slash is refused rather than normalised: it would be a second issuer. Plain
+    ``http`` is for development on this machine only (loopback), since verifiers trust the
+    keys fetched from it.
+    """
+    example = "e.g. https://id.example.com, or http://127.0.0.1:8000 for development"
+    if not value:
+        raise ValueError(f"is empty: set the issuer's public URL ({example})")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError as e:
+        raise ValueError(f"is not a URL ({e}): {example}") from e
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError(f"must be an https URL, the input is {value!r} ({example})")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"must be a plain base URL without query, fragment or user: {value!r}")
+    if value.endswith("/"):
+        raise ValueError(
+            f"must not end with '/': use {value.rstrip('/')!r} (the value is compared exactly "
+            "with each token's iss, and a trailing slash would be another issuer)"
+        )
+    return value
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class IssuerSettings(BaseSettings):
@@ -29,6 +68,11 @@ class IssuerSettings(BaseSettings):
     )
     dev_ephemeral_kek: bool = Field(
         False, description="development only: without a KEK, generate a throwaway one"
+    )
+    dev_http_issuer: bool = Field(
+        False,
+        description="development only: accept a plain-http issuer URL on a host other than "
+        "loopback (docker compose's private network)",
     )
     admin_token: SecretStr | None = Field(
         None, description="bearer token of the /admin API (unset: admin API answers 401)"
@@ -76,6 +120,35 @@ class IssuerSettings(BaseSettings):
     freshness_interval_s: float = Field(
         30.0, gt=0, description="interval of the signed freshness records verifiers expect"
     )
+
+    @field_validator("issuer")
+    @classmethod
+    def _issuer_url(cls, value: str) -> str:
+        return check_issuer_url(value)
+
+    @field_validator("kek")
+    @classmethod
+    def _kek_usable(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                Kek.from_base64(value.get_secret_value())
+            except ConfigError as e:
+                raise ValueError(str(e).removeprefix("KEYHERALD_KEK ")) from None
+        return value
+
+    @model_validator(mode="after")
+    def _https_outside_loopback(self) -> "IssuerSettings":
+        parts = urlsplit(self.issuer)
+        if parts.scheme == "http" and not (
+            _is_loopback(parts.hostname or "") or self.dev_http_issuer
+        ):
+            # Verifiers trust the keys fetched from this URL: over plain http, anyone on the
+            # path could hand them their own.
+            raise ValueError(
+                f"KEYHERALD_ISSUER must use https (plain http only on loopback, or with "
+                f"KEYHERALD_DEV_HTTP_ISSUER=true for development), the input is {self.issuer!r}"
+            )
+        return self
 
     def policy(self) -> RotationPolicy:
         """The rotation policy.

@@ -15,7 +15,7 @@ from issuer.settings import IssuerSettings
 from subscriber.clock import Clock, ManualClock
 from subscriber.presence import HeartbeatRecord, Presence
 
-ISSUER = "http://issuer.test"
+ISSUER = "https://issuer.test"
 ADMIN_TOKEN = "test-admin-token-0123456789"
 KEK_BYTES = bytes(range(32))
 KEK_B64 = base64.b64encode(KEK_BYTES).decode()

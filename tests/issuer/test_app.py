@@ -49,8 +49,8 @@ async def test_jwks_bytes_are_precomputed(http: httpx.AsyncClient, authority: Au
 
 async def test_openid_configuration(http: httpx.AsyncClient, authority: Authority) -> None:
     body = (await http.get("/.well-known/openid-configuration")).json()
-    assert body["issuer"] == "http://issuer.test"
-    assert body["jwks_uri"] == "http://issuer.test/.well-known/jwks.json"
+    assert body["issuer"] == "https://issuer.test"
+    assert body["jwks_uri"] == "https://issuer.test/.well-known/jwks.json"
     assert body["id_token_signing_alg_values_supported"] == ["ES256"]
     assert body["keyherald"]["stream"] == authority.store.stream_key
     (announce,) = body["keyherald"]["announcement_keys"]
@@ -119,7 +119,7 @@ async def test_admin_tokens(
     jwks = jwt.PyJWKSet.from_dict((await http.get("/.well-known/jwks.json")).json())
     claims = jwt.decode(
         minted["token"], jwks[minted["kid"]].key, algorithms=["ES256"], audience="api",
-        issuer="http://issuer.test", options={"verify_exp": False, "verify_iat": False,
+        issuer="https://issuer.test", options={"verify_exp": False, "verify_iat": False,
                                               "verify_nbf": False},
     )  # fmt: skip
     assert claims["exp"] == minted["exp"] == int(clock()) + 300

@@ -87,7 +87,7 @@ async def test_redis_outage_serves_the_last_jwks_and_503_elsewhere(
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     try:
         async with httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://issuer.test"
+            transport=httpx.ASGITransport(app=app), base_url="https://issuer.test"
         ) as http:
             jwks = await http.get("/.well-known/jwks.json")
             metadata = await http.get("/.well-known/openid-configuration")
@@ -114,7 +114,7 @@ async def test_stalled_redis_gives_a_stale_jwks_not_a_hang(
     async with (
         app.router.lifespan_context(app),
         httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://issuer.test"
+            transport=httpx.ASGITransport(app=app), base_url="https://issuer.test"
         ) as http,
     ):
         jwks = await http.get("/.well-known/jwks.json")

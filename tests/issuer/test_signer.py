@@ -29,7 +29,7 @@ async def test_registered_claims(authority: Authority, clock: ManualClock) -> No
     token = await Signer(authority).sign({"sub": "a", "aud": "api"}, ttl_s=120)
     claims = jwt.decode(token, options={"verify_signature": False})
     now = int(clock())
-    assert claims == {"sub": "a", "aud": "api", "iss": "http://issuer.test", "iat": now,
+    assert claims == {"sub": "a", "aud": "api", "iss": "https://issuer.test", "iat": now,
                       "nbf": now, "exp": now + 120}  # fmt: skip
     header = jwt.get_unverified_header(token)
     assert header["typ"] == "JWT" and header["alg"] == "ES256"

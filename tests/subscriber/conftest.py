@@ -25,7 +25,7 @@ from subscriber.constants import SNAPSHOT_PATH
 from subscriber.jws import b64url_decode, b64url_encode, compact_json
 from subscriber.verifier import Verifier
 
-ISSUER = "http://issuer.test"
+ISSUER = "https://issuer.test"
 AUDIENCE = "orders-api"
 KEK = base64.b64encode(bytes(range(32))).decode()
 
