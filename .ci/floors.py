@@ -38,11 +38,27 @@ def floors(pyproject: dict) -> dict[str, str]:
     return pinned
 
 
-def main() -> None:
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "pyproject.toml")
-    for name, version in sorted(floors(tomllib.loads(path.read_text())).items()):
-        print(f"{name}=={version}")
+def main() -> int:
+    """``floors.py [pyproject.toml]`` prints the constraints; ``--check`` compares them with
+    what is installed and exits 1 on any difference."""
+    args = [a for a in sys.argv[1:] if a != "--check"]
+    path = Path(args[0] if args else "pyproject.toml")
+    pinned = floors(tomllib.loads(path.read_text()))
+    if "--check" not in sys.argv:
+        for name, version in sorted(pinned.items()):
+            print(f"{name}=={version}")
+        return 0
+    from importlib.metadata import version as installed
+    from packaging.version import Version
+
+    wrong = [
+        f"{name} {installed(name)} (floor {floor})"
+        for name, floor in sorted(pinned.items())
+        if Version(installed(name)) != Version(floor)
+    ]
+    print("not at the floor: " + ", ".join(wrong) if wrong else f"{len(pinned)} floors installed")
+    return 1 if wrong else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

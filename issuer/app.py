@@ -288,14 +288,12 @@ def _admin_router(authority: Authority, signer: Signer, token: str | None) -> AP
         max_ttl_s = authority.policy.max_token_ttl_s
         if body.ttl_s > max_ttl_s:
             raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT,
+                422,
                 f"ttl_s={body.ttl_s} exceeds max_token_ttl_s={max_ttl_s:g}",
             )
         reserved = (RESERVED_CLAIMS | {"sub", "aud"}) & body.claims.keys()
         if reserved:
-            raise HTTPException(
-                status.HTTP_422_UNPROCESSABLE_CONTENT, f"claims may not set {sorted(reserved)}"
-            )
+            raise HTTPException(422, f"claims may not set {sorted(reserved)}")
         minted = await signer.mint(
             {**body.claims, "sub": body.sub, "aud": body.aud}, ttl_s=body.ttl_s
         )

@@ -29,6 +29,10 @@ class IssuerUnavailable(RuntimeError):
     """The issuer did not answer, or answered with an error."""
 
 
+class AdminRefused(IssuerUnavailable):
+    """The admin API answered 401/403: no admin token, or not the issuer's."""
+
+
 def _records(body: Any, member: str) -> list[dict[str, Any]]:
     items = body.get(member, []) if isinstance(body, dict) else body
     return [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
@@ -65,6 +69,14 @@ class IssuerClient:
             response = await self._client.get(
                 self.issuer + path, headers=self._admin if admin else None
             )
+            if admin and response.status_code in (401, 403):
+                raise AdminRefused(
+                    "the admin API refused the admin token (401): check KEYHERALD_ADMIN_TOKEN "
+                    "or --admin-token"
+                    if self._admin
+                    else "the admin API needs an admin token: set KEYHERALD_ADMIN_TOKEN or "
+                    "pass --admin-token"
+                )
             response.raise_for_status()
             return response.json()
         except (httpx.HTTPError, ValueError) as e:

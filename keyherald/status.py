@@ -16,7 +16,9 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from .observe import Heartbeat, IssuerClient, IssuerUnavailable, read_heartbeats
+from .errors import CommandError
+from .observe import AdminRefused, Heartbeat, IssuerClient, IssuerUnavailable, read_heartbeats
+from .text import printable
 
 HELP = "show the issuer's keys, the plan, and which verifiers hold which key"
 
@@ -34,12 +36,16 @@ async def collect(client: IssuerClient, redis: aioredis.Redis | None) -> dict[st
         "epoch": member.get("epoch"),
         "keys": None,
         "plan": None,
+        "plan_unavailable": None,
         "verifiers": None,
     }
     try:
         status["keys"] = await client.keys()
         status["plan"] = await client.plan()
-    except IssuerUnavailable:
+    except IssuerUnavailable as e:
+        status["plan_unavailable"] = (
+            str(e) if isinstance(e, AdminRefused) else "admin API: " + str(e)
+        )
         states = member.get("states") or {}
         status["keys"] = [
             {"kid": jwk.get("kid"), "alg": jwk.get("alg"), "state": states.get(jwk.get("kid"))}
@@ -78,6 +84,9 @@ def _duration(seconds: float) -> str:
 
 
 def _table(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> None:
+    # Heartbeats and key records come from Redis, which anyone with write access can forge:
+    # no control character of theirs reaches the terminal.
+    rows = [tuple(printable(str(c)) for c in row) for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     for row in (header, *rows):
         out.write("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)))
@@ -87,8 +96,9 @@ def _table(out: TextIO, header: tuple[str, ...], rows: Sequence[tuple[str, ...]]
 def render(status: dict[str, Any], out: TextIO, now: float | None = None) -> None:
     """Print ``status`` for a person (times relative to ``now``)."""
     now = time.time() if now is None else now
-    out.write(f"issuer {status['issuer']}  key-set version {status['version']}")
-    out.write(f"  epoch {status['epoch']}\n\nkeys\n")
+    out.write(f"issuer {printable(str(status['issuer']))}")
+    out.write(f"  key-set version {printable(str(status['version']))}")
+    out.write(f"  epoch {printable(str(status['epoch']))}\n\nkeys\n")
     keys = status["keys"] or []
     _table(
         out,
@@ -114,7 +124,7 @@ def render(status: dict[str, Any], out: TextIO, now: float | None = None) -> Non
              for t in status["plan"]],
         )  # fmt: skip
     else:
-        out.write("\nplan: needs --admin-token\n")
+        out.write(f"\nplan: {printable(status.get('plan_unavailable') or 'unavailable')}\n")
     verifiers = status["verifiers"]
     if verifiers is None:
         out.write("\nverifiers: needs --redis-url\n")
@@ -150,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--issuer",
         default=os.environ.get("KEYHERALD_ISSUER", "http://127.0.0.1:8000"),
-        help="issuer URL (default $KEYHERALD_ISSUER)",
+        help="issuer URL (default $KEYHERALD_ISSUER, else http://127.0.0.1:8000)",
     )
     parser.add_argument(
         "--redis-url",
@@ -171,8 +181,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         status = asyncio.run(_collect(args.issuer, args.admin_token, args.redis_url))
     except IssuerUnavailable as e:
-        print(f"issuer unavailable: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(
+            f"issuer unavailable ({e}): start it, or set KEYHERALD_ISSUER (or --issuer)"
+        ) from e
     if args.json:
         print(json.dumps(status, indent=2))
     else:

@@ -3,8 +3,12 @@
 It fetches the issuer's JWKS (and, with an admin token, its key records, to tell a revoked key
 from one it never had), runs the subscriber library's checks in the order a verifier does, and
 prints what it found at each step: the header, the ``kid`` and its key's state, the claims and
-their times, and the reason a token is refused. Exit code 0: valid; 1: refused; 2: the issuer
-could not be reached.
+their times, and the reason a token is refused. Exit code 0: valid; 1: refused, or the issuer
+could not be reached; 2: no issuer configured.
+
+The issuer is always the configured one (``--issuer`` or ``KEYHERALD_ISSUER``), never the
+token's own ``iss``: a crafted token would otherwise choose the key server that vouches for it,
+and receive the admin token.
 """
 
 import argparse
@@ -22,7 +26,9 @@ from subscriber.jwk import PublicKey, load_public_jwk
 from subscriber.jws import b64url_decode, strict_json_object
 from subscriber.verify import VerifyOptions, check_claims, verify_signature
 
+from .errors import CommandError, ConfigurationError
 from .observe import IssuerClient, IssuerUnavailable
+from .text import printable
 
 HELP = "verify one token against a running issuer and explain the result"
 
@@ -172,7 +178,8 @@ def render(report: Report, out: TextIO, now: float | None = None) -> None:
     now = time.time() if now is None else now
 
     def line(label: str, value: str) -> None:
-        out.write(f"{label:<11} {value}\n")
+        # Every value here may come from the token: no control character reaches the terminal.
+        out.write(f"{printable(label):<11} {printable(value)}\n")
 
     line("issuer", f"{report.issuer} (key-set version {report.key_set_version})")
     line("header", json.dumps(report.header) if report.header else "unreadable")
@@ -197,7 +204,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--issuer",
         default=os.environ.get("KEYHERALD_ISSUER"),
-        help="issuer URL (default $KEYHERALD_ISSUER, else the token's own iss)",
+        help="issuer URL (default $KEYHERALD_ISSUER; never the token's own iss)",
     )
     parser.add_argument("--audience", default=None, help="the audience the token must carry")
     parser.add_argument(
@@ -215,16 +222,16 @@ def run(args: argparse.Namespace) -> int:
     token = sys.stdin.read().strip() if args.token == "-" else args.token.strip()
     issuer = args.issuer
     if not issuer:
-        iss = (_segment(token, 1) or {}).get("iss")
-        if not isinstance(iss, str):
-            print("no --issuer, no $KEYHERALD_ISSUER and no readable iss in the token")
-            return 2
-        issuer = iss
+        raise ConfigurationError(
+            "no issuer to verify against: set KEYHERALD_ISSUER or pass --issuer (the token's "
+            "own iss is not trusted: it would choose the keys that vouch for it)"
+        )
     try:
         report = asyncio.run(_explain(token, issuer, args.admin_token, args.audience))
     except IssuerUnavailable as e:
-        print(f"issuer unavailable: {e}", file=sys.stderr)
-        return 2
+        raise CommandError(
+            f"issuer unavailable ({e}): start it, or set KEYHERALD_ISSUER (or --issuer)"
+        ) from e
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -83,7 +83,7 @@ async def register(body: PartnerIn, relay: RelayDep) -> dict[str, Any] | JSONRes
         # accepted and failing at every delivery.
         return JSONResponse(
             {"detail": str(e), "error": e.reason},
-            status_code=status.HTTP_422_UNPROCESSABLE_CONTENT,
+            status_code=422,
         )
     return {**partner.public(), "secret": secret}
 

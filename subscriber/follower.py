@@ -204,7 +204,7 @@ class StreamFollower:
             self.stream,
             type(error).__name__,
             state.attempt_number,
-            state.upcoming_sleep,
+            state.next_action.sleep if state.next_action else 0.0,  # same from tenacity 8.2
         )
 
     async def _session(self) -> None:

@@ -159,4 +159,71 @@ async def test_status_shows_keys_plan_and_who_holds_them(issuer, redis) -> None:
 
     anonymous = {k: v for k, v in issuer.items() if k != "KEYHERALD_ADMIN_TOKEN"}
     result = cli(anonymous, "status")
-    assert result.returncode == 0 and "plan: needs --admin-token" in result.stdout
+    assert result.returncode == 0
+    assert "plan: the admin API needs an admin token: set KEYHERALD_ADMIN_TOKEN" in result.stdout
+
+    refused = cli({**issuer, "KEYHERALD_ADMIN_TOKEN": "not-the-token"}, "status")
+    assert refused.returncode == 0
+    assert "plan: the admin API refused the admin token (401)" in refused.stdout
+
+
+async def test_status_prints_no_escape_sequence_from_a_forged_heartbeat(issuer, redis) -> None:
+    name = issuer["KEYHERALD_ISSUER"]
+    now = time.time()
+    evil = "\x1b]0;pwned\x07\x1b[2J\u202eorders"
+    record = {"instance_id": evil, "service": evil, "state": evil, "version": 1,
+              "kids": {evil: now}, "lag_ms": 1.0, "updated_at": now}  # fmt: skip
+    await redis.zadd(verifier_index(name), {"evil": int((now + 60) * 1000)})
+    await redis.hset(verifier_states(name), "evil", json.dumps(record))
+    result = cli(issuer, "status")
+    assert result.returncode == 0, result.stderr
+    assert "\x1b" not in result.stdout and "\u202e" not in result.stdout
+    assert "\\x1b]0;pwned" in result.stdout  # shown, escaped
+
+
+def test_status_into_a_closed_pipe_ends_quietly(issuer) -> None:
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "keyherald.cli", "status"],
+            env=issuer, stdout=write, stderr=subprocess.PIPE, text=True, timeout=30,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == ""
+
+
+def test_status_with_an_unreachable_redis_is_one_line(issuer) -> None:
+    env = {**issuer, "KEYHERALD_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    result = cli(env, "status")
+    assert result.returncode == 1 and result.stdout == ""
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("keyherald status: cannot reach Redis") and "KEYHERALD_REDIS_URL" in line
+
+
+def test_verify_never_trusts_the_tokens_iss_nor_sends_it_the_admin_token(issuer) -> None:
+    import socket
+
+    with socket.socket() as trap:
+        trap.bind(("127.0.0.1", 0))
+        trap.listen()
+        trap.settimeout(0.5)
+        header = b64url_encode(compact_json({"alg": "ES256", "kid": "k"}))
+        iss = f"http://127.0.0.1:{trap.getsockname()[1]}"
+        body = b64url_encode(compact_json({"iss": iss, "sub": "x"}))
+        env = {k: v for k, v in issuer.items() if k != "KEYHERALD_ISSUER"}
+        result = cli(env, "verify", f"{header}.{body}.AAAA")
+        assert result.returncode == 2
+        [line] = result.stderr.strip().splitlines()
+        assert "set KEYHERALD_ISSUER or pass --issuer" in line
+        with pytest.raises(TimeoutError):
+            trap.accept()  # nothing called the URL the token named
+
+
+def test_verify_prints_no_escape_sequence_from_the_token(issuer) -> None:
+    header = b64url_encode(compact_json({"alg": "ES256", "kid": "\x1b[2Jk"}))
+    body = b64url_encode(compact_json({"sub": "x"}))
+    result = cli(issuer, "verify", f"{header}.{body}.AAAA")
+    assert result.returncode == 1
+    assert "\x1b" not in result.stdout and "\\x1b[2Jk" in result.stdout
