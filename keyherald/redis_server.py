@@ -46,6 +46,16 @@ def free_port() -> int:
         return port
 
 
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on ``127.0.0.1:port`` (a bind would succeed)."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 class RedisServer:
     """One ``redis-server`` child process.
 
@@ -94,7 +104,14 @@ class RedisServer:
         return args
 
     def start(self) -> "RedisServer":
-        """Start the process and wait until it answers PING."""
+        """Start the process and wait until it answers PING.
+
+        :raises RedisServerError: the port is taken, or the server did not come up.
+        """
+        if not port_is_free(self.port):
+            # Otherwise another server's PONG would pass for ours, and the URL we print
+            # would point at someone else's Redis.
+            raise RedisServerError(f"port {self.port} on 127.0.0.1 is taken")
         self.process = subprocess.Popen(
             self._args(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
@@ -102,7 +119,7 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RedisServerError(f"redis-server exited with {self.process.returncode}")
-            if self._ping():
+            if self._ping() and self.process.poll() is None:
                 logger.info("redis-server up on port %s", self.port)
                 return self
             time.sleep(0.02)

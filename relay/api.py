@@ -16,7 +16,8 @@
     POST   /admin/partners/{id}/replay        queue again every event from a version on; says
                                               how many events, as how many deliveries
     GET    /admin/dead-letters                exhausted deliveries and refused stream entries
-    GET    /metrics                           Prometheus (no token: scrapers hold none)
+    GET    /metrics                           Prometheus (admin token, like every call above)
+    GET    /healthz                           200 while the app runs (no token: for probes)
 
 A request body over 64 KiB is refused with 413 before it is read or the token is checked
 (:class:`keyherald.body_limit.BodyLimit`).
@@ -181,15 +182,23 @@ def create_app(relay: Relay, admin_token: str | None) -> FastAPI:
 
     :param admin_token: bearer token; ``None`` or empty refuses every admin call.
     """
-    app = FastAPI(title="keyherald relay", docs_url=None, redoc_url=None)
+    # No OpenAPI document or docs: they would map the admin API for anyone who asks.
+    app = FastAPI(title="keyherald relay", docs_url=None, redoc_url=None, openapi_url=None)
     # Before routing, so before the body is read and before the token is checked.
     app.add_middleware(BodyLimit, max_bytes=admin_body_max_bytes)
     app.state.relay = relay
-    app.include_router(router, dependencies=[Depends(admin_dependency(admin_token))])
+    admin = Depends(admin_dependency(admin_token))
+    app.include_router(router, dependencies=[admin])
     app.add_exception_handler(PartnerNotFound, _not_found)
     app.add_exception_handler(aioredis.RedisError, _store_unavailable)
 
-    @app.get("/metrics", include_in_schema=False)
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    # Partner ids and delivery counts are not for the public: scrapers send the admin token
+    # (Prometheus: `authorization: {credentials: ...}`).
+    @app.get("/metrics", include_in_schema=False, dependencies=[admin])
     async def metrics() -> Response:
         return Response(generate_latest(relay.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 

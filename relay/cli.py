@@ -19,6 +19,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import ValidationError
 
+from issuer.cli import show_default
 from issuer.errors import ConfigError as IssuerConfigError
 from issuer.kek import Kek
 from subscriber.constants import http_timeout_s
@@ -48,10 +49,12 @@ def settings_help() -> str:
     for name, field in RelaySettings.model_fields.items():
         if field.is_required():
             default = "required"
-        elif field.default_factory is not None and name != "consumer":
-            default = f"default {field.default_factory()!r}"  # type: ignore[call-arg]
+        elif name == "consumer":
+            default = "default <host>-<pid>"
+        elif field.default_factory is not None:
+            default = f"default {show_default(name, field.default_factory())}"  # type: ignore[call-arg]
         else:
-            default = "default <host>-<pid>" if name == "consumer" else f"default {field.default!r}"
+            default = f"default {show_default(name, field.default)}"
         lines.append(f"  KEYHERALD_RELAY_{name.upper()}")
         lines.append(textwrap.indent(f"{field.description or name} ({default})", "      "))
     return "\n".join(lines)

@@ -1,7 +1,10 @@
 import subprocess
 import sys
 
+import pytest
+
 from keyherald.cli import COMMANDS
+from keyherald.redis_server import RedisServer, RedisServerError
 
 
 def test_help_lists_every_command() -> None:
@@ -13,3 +16,44 @@ def test_help_lists_every_command() -> None:
     ).stdout
     for name in COMMANDS:
         assert name in out
+
+
+def test_redis_on_a_taken_port_says_so(redis_url: str) -> None:
+    port = redis_url.rsplit(":", 1)[1].split("/")[0]  # the session's Redis holds it
+    done = subprocess.run(
+        [sys.executable, "-m", "keyherald.cli", "redis", "--port", port],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip() == (
+        f"keyherald redis: port {port} on 127.0.0.1 is taken (another Redis?): pick another "
+        "--port, or leave it out for a free one"
+    )
+
+
+def test_redis_server_refuses_a_taken_port(redis_url: str) -> None:
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    with pytest.raises(RedisServerError, match="is taken"):
+        RedisServer(port=port, persistence="none").start()
+
+
+def help_of(*command: str) -> str:
+    return subprocess.run(
+        [sys.executable, "-m", "keyherald.cli", *command, "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+        env={"COLUMNS": "200", "PATH": ""},
+    ).stdout
+
+
+def test_help_texts_say_what_happens() -> None:
+    assert "[ROLE] ..." in help_of("demo")  # a role is optional
+    relay = help_of("relay")
+    assert "432000 s = 5 d" in relay and "432000.0" not in relay
+    assert "(default None)" not in relay
+    assert "default $KEYHERALD_ISSUER, else http://127.0.0.1:8000" in help_of("status")
+    assert "never the token's own iss" in help_of("verify")

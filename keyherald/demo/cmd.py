@@ -20,7 +20,11 @@ ROLES: dict[str, tuple[str, str]] = {
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     importlib.import_module("keyherald.demo.orchestrator").add_arguments(parser)
-    roles = parser.add_subparsers(dest="role", metavar="ROLE")
+    roles = parser.add_subparsers(
+        dest="role",
+        metavar="[ROLE]",
+        title="one role instead of the whole system (optional; as docker-compose.yml runs them)",
+    )
     for name, (module, help_) in ROLES.items():
         sub = roles.add_parser(name, help=help_, description=help_)
         importlib.import_module(module).add_arguments(sub)

@@ -51,7 +51,7 @@ revocation_poll_s = 0.005
 revocation_timeout_s = 10.0
 VERIFIER_SERVICES = ("api-a", "api-b")
 #: The relay's unauthenticated endpoint that answers once it serves.
-RELAY_HEALTH = "/metrics"
+RELAY_HEALTH = "/healthz"
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)

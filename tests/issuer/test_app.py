@@ -4,9 +4,11 @@ import httpx
 import jwt
 import pytest
 
+from issuer.app import create_app
 from issuer.authority import Authority
 from subscriber.clock import ManualClock
 from subscriber.jwk import PRIVATE_MEMBERS
+from tests.issuer.conftest import ISSUER, make_settings
 
 
 async def test_jwks_headers_and_no_private_member(
@@ -143,14 +145,24 @@ async def test_admin_tokens_bad_input_is_422(
     assert response.status_code == 422
 
 
-async def test_openapi_documents_every_route(http: httpx.AsyncClient) -> None:
-    spec = (await http.get("/openapi.json")).json()
-    assert set(spec["paths"]) >= {
-        "/.well-known/jwks.json", "/.well-known/openid-configuration", "/admin/keys",
-        "/admin/plan", "/admin/rotate", "/admin/keys/{kid}/activate", "/admin/keys/{kid}/retire",
-        "/admin/keys/{kid}/revoke", "/admin/tokens",
-    }  # fmt: skip
-    assert "HTTPBearer" in spec["components"]["securitySchemes"]
-    responses = spec["paths"]["/admin/keys/{kid}/activate"]["post"]["responses"]
-    assert {"200", "401", "404", "409", "422"} <= set(responses)
-    assert "409" not in spec["paths"]["/admin/rotate"]["post"]["responses"]
+async def test_openapi_and_docs_are_off_by_default(http: httpx.AsyncClient) -> None:
+    assert (await http.get("/docs")).status_code == 404
+    assert (await http.get("/openapi.json")).status_code == 404
+
+
+async def test_openapi_documents_every_route(redis, clock) -> None:
+    app = create_app(
+        settings=make_settings(openapi_docs=True), redis=redis, clock=clock, run_scheduler=False
+    )
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url=ISSUER) as http:
+        assert (await http.get("/docs")).status_code == 200
+        spec = (await http.get("/openapi.json")).json()
+        assert set(spec["paths"]) >= {
+            "/.well-known/jwks.json", "/.well-known/openid-configuration", "/admin/keys",
+            "/admin/plan", "/admin/rotate", "/admin/keys/{kid}/activate",
+            "/admin/keys/{kid}/retire", "/admin/keys/{kid}/revoke", "/admin/tokens",
+        }  # fmt: skip
+        assert "HTTPBearer" in spec["components"]["securitySchemes"]
+        responses = spec["paths"]["/admin/keys/{kid}/activate"]["post"]["responses"]
+        assert {"200", "401", "404", "409", "422"} <= set(responses)
+        assert "409" not in spec["paths"]["/admin/rotate"]["post"]["responses"]

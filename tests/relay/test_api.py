@@ -41,7 +41,9 @@ async def test_admin_calls_need_the_bearer_token(make_relay) -> None:
         assert (await anon.get("/admin/partners")).status_code == 401
         wrong = {"Authorization": "Bearer nope"}
         assert (await anon.get("/admin/partners", headers=wrong)).status_code == 401
-        assert (await anon.get("/metrics")).status_code == 200
+        assert (await anon.get("/metrics")).status_code == 401  # partner ids are not public
+        assert (await anon.get("/openapi.json")).status_code == 404
+        assert (await anon.get("/healthz")).status_code == 200
     transport = httpx.ASGITransport(app=create_app(relay, None))
     async with httpx.AsyncClient(transport=transport, base_url="http://relay.test") as anon:
         response = await anon.get("/admin/partners", headers={"Authorization": "Bearer "})

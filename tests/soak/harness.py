@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[2]
 AUDIENCE = "soak-api"
 poll_s = 0.05
-#: The relay serves no health endpoint; its admin app answers ``/metrics`` once it runs.
-RELAY_READY_PATH = "/metrics"
+#: The relay's admin app answers ``/healthz`` once it runs.
+RELAY_READY_PATH = "/healthz"
 
 
 class SoakTimeout(AssertionError):
