@@ -6,6 +6,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SRC := $(wildcard issuer subscriber relay watcher keyherald tests bench)
 
+# The demo's venv: the `demo` extra only (no test toolchain), and its bin/ holds `keyherald`.
+DEMO_VENV ?= .venv-demo
+DEMO_STAMP := $(DEMO_VENV)/.installed
+
 # The floors venv: every runtime dependency at the lowest version pyproject.toml admits.
 FLOORS_PYTHON ?= python3.11
 FLOORS_VENV ?= .venv-floors
@@ -52,8 +56,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/propagation.py
 	$(BIN)/python bench/upstream.py
 
-demo: $(STAMP)
-	$(BIN)/keyherald demo
+$(DEMO_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(DEMO_VENV)
+	$(DEMO_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DEMO_VENV)/bin/python -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
+	$(DEMO_VENV)/bin/keyherald demo
 
 clean:
-	rm -rf $(VENV) $(FLOORS_VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_VENV) $(FLOORS_VENV) .mypy_cache .pytest_cache .ruff_cache

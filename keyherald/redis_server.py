@@ -49,6 +49,9 @@ def free_port() -> int:
 def port_is_free(port: int) -> bool:
     """Whether nothing listens on ``127.0.0.1:port`` (a bind would succeed)."""
     with socket.socket() as s:
+        # As redis-server binds: connections of a killed server in TIME_WAIT do not count,
+        # a listener does.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

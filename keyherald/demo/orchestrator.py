@@ -1,8 +1,9 @@
 """``keyherald demo``: the whole system on this machine, rotating keys every few seconds.
 
-Starts (each as ``keyherald …``, the commands docker-compose.yml runs) an embedded Redis when
-``KEYHERALD_REDIS_URL`` is unset, the issuer, the relay, two verifying API services, a webhook
-partner and the load generator, on free 127.0.0.1 ports. It then watches: the stream (every
+Starts (each as ``keyherald …``, the commands docker-compose.yml runs) a private Redis (unless
+``--redis-url`` names one; an exported ``KEYHERALD_REDIS_URL`` is ignored), the issuer, the
+relay, two verifying API services, a webhook partner and the load generator, on free 127.0.0.1
+ports. It then watches: the stream (every
 event verified against the announcement key), the issuer's keys, the verifiers' heartbeats, the
 load generator's counters and the partner's inbox; performs one emergency revocation once the
 successor key is in every verifier's cache; and stops after ``--rotations`` rotations with a
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import sys
@@ -103,6 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--plain", action="store_true", help="plain progress lines even on a terminal"
     )
     parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="use this Redis instead of a private one (the demo writes its keys there); "
+        "KEYHERALD_REDIS_URL is ignored",
+    )
+    parser.add_argument(
         "--keep-logs", action="store_true", help="keep the children's logs after a clean run"
     )
 
@@ -137,7 +145,14 @@ def child_env(
 class Demo:
     """One run of the demo: children, observation, the revocation, the summary."""
 
-    def __init__(self, profile: Profile, rotations: int, supervisor: Supervisor, view: View):
+    def __init__(
+        self,
+        profile: Profile,
+        rotations: int,
+        supervisor: Supervisor,
+        view: View,
+        redis_url: str | None = None,
+    ):
         if rotations < 1:
             raise ValueError(f"rotations must be at least 1, the input is {rotations}")
         self.profile = profile
@@ -147,7 +162,9 @@ class Demo:
         self.ports = Ports.free()
         self.admin_token = secrets.token_urlsafe(24)
         self.issuer_url = f"http://127.0.0.1:{self.ports.issuer}"
-        self.redis_url = os.environ.get("KEYHERALD_REDIS_URL") or ""
+        # Only when asked (--redis-url): a KEYHERALD_REDIS_URL left exported from the issuer's
+        # set-up must not receive the demo's keys.
+        self.redis_url = redis_url or ""
         self.env: dict[str, str] = {}
         self._timers: list[asyncio.Task[None]] = []
 
@@ -209,9 +226,13 @@ class Demo:
         owner only (it holds this run's admin token)."""
         path = self.supervisor.log_dir / "demo.env"
         names = ("KEYHERALD_ISSUER", "KEYHERALD_REDIS_URL", "KEYHERALD_ADMIN_TOKEN")
+        # The directory of this interpreter holds the `keyherald` the demo runs (its venv's
+        # bin/), so the hint works from a shell where that venv is not active.
+        bin_dir = shlex.quote(str(Path(sys.executable).parent))
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            f.writelines(f"export {name}={self.env[name]}\n" for name in names)
+            f.writelines(f"export {name}={shlex.quote(self.env[name])}\n" for name in names)
+            f.write(f'export PATH={bin_dir}:"$PATH"\n')
         return path
 
     def _bind(self, port: int) -> list[str]:
@@ -443,7 +464,7 @@ def run(args: argparse.Namespace) -> int:
     # outside the event loop, and the loop's own handler inside it.
     previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
     code = 1
-    demo = Demo(profile, args.rotations, supervisor, view)
+    demo = Demo(profile, args.rotations, supervisor, view, redis_url=args.redis_url)
     try:
         with view:
             state = asyncio.run(_run_until_stopped(demo))

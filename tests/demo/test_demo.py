@@ -171,3 +171,26 @@ def test_sigterm_during_start_up_leaves_nothing_behind(started: int) -> None:
     while marked(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert marked(marker) == []
+
+
+def test_an_exported_redis_url_is_ignored_unless_asked(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from keyherald.demo.orchestrator import Demo, child_env
+    from keyherald.demo.procs import Supervisor
+    from keyherald.demo.profile import PROFILES
+    from keyherald.demo.view import make_view
+
+    # Left exported from the README's issuer section: the demo must not write into it.
+    monkeypatch.setenv("KEYHERALD_REDIS_URL", "redis://127.0.0.1:1/0")
+    view = make_view(plain=True, rotation_period_s=8)
+    with Supervisor(tmp_path) as supervisor:
+        demo = Demo(PROFILES["fast"], 1, supervisor, view)
+        assert demo.redis_url == ""  # it starts a private one
+        asked = Demo(PROFILES["fast"], 1, supervisor, view, redis_url="redis://127.0.0.1:2/0")
+        assert asked.redis_url == "redis://127.0.0.1:2/0"
+        # The env file the demo names puts its `keyherald` on the PATH.
+        demo.env = child_env(demo.profile, demo.ports, "redis://127.0.0.1:3/0", admin_token="t")
+        text = demo._write_env_file().read_text()
+    assert f"export PATH={Path(sys.executable).parent}:" in text
+    assert "export KEYHERALD_REDIS_URL=redis://127.0.0.1:3/0" in text
