@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from issuer.cli import show_default
 from issuer.errors import ConfigError as IssuerConfigError
 from issuer.kek import Kek
+from keyherald.errors import CommandError, ConfigurationError, settings_problems
 from subscriber.constants import http_timeout_s
 from subscriber.errors import FetchError, InvalidKey
 from subscriber.events import load_announcement_keys
@@ -182,19 +183,25 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = RelaySettings()  # type: ignore[call-arg]  # issuer comes from the env
     except ValidationError as e:
-        # pydantic names the setting; SecretStr keeps the token out of the message.
-        logger.error("cannot start the relay: %s", e)
-        return 2
+        # Every bad or missing variable at once, by its environment name, never its value
+        # when it is a secret.
+        raise ConfigurationError(
+            *settings_problems(e, "KEYHERALD_RELAY_", secret=frozenset({"admin_token", "kek"}))
+        ) from e
     host = args.host or settings.host
     port = args.port or settings.port
     try:
         asyncio.run(serve(settings, host, port))
-    except (ConfigError, FetchError, InvalidKey) as e:
-        logger.error("cannot start the relay: %s", e)
-        return 2
+    except ConfigError as e:
+        raise ConfigurationError(str(e)) from e
+    except (FetchError, InvalidKey) as e:
+        raise CommandError(
+            f"cannot start: {e}; check that the issuer at KEYHERALD_RELAY_ISSUER is up"
+        ) from e
     except KeyboardInterrupt:
         pass
     except Exception:
+        # A crash of a running service (not bad input): its log keeps the traceback.
         logger.exception("the relay stopped")
         return 1
     return 0

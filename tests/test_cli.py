@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -57,3 +58,16 @@ def test_help_texts_say_what_happens() -> None:
     assert "(default None)" not in relay
     assert "default $KEYHERALD_ISSUER, else http://127.0.0.1:8000" in help_of("status")
     assert "never the token's own iss" in help_of("verify")
+
+
+def test_relay_reports_every_missing_setting_by_its_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYHERALD_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "keyherald.cli", "relay"],
+        capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "keyherald relay: KEYHERALD_RELAY_ISSUER is not set",
+        "keyherald relay: KEYHERALD_RELAY_ADMIN_TOKEN is not set",
+    ]
