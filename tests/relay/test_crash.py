@@ -102,7 +102,7 @@ def _admin_up(process: subprocess.Popen):
 
     async def probe() -> bool:
         _alive(process)
-        url = f"http://127.0.0.1:{process.admin_port}/metrics"  # type: ignore[attr-defined]
+        url = f"http://127.0.0.1:{process.admin_port}/healthz"  # type: ignore[attr-defined]
         try:
             async with httpx.AsyncClient() as client:
                 return (await client.get(url)).is_success
