@@ -120,3 +120,49 @@ def test_a_key_that_fails_to_load_never_verifies() -> None:
     ks.replace_from_snapshot(snapshot(1, "e1", {a["kid"]: "active"}, a), now=0.0)
     assert ks.apply_event(added(weak, 2), now=1.0) is Outcome.APPLIED
     assert weak["kid"] not in ks.view.keys
+
+
+def test_a_revoked_kid_is_never_trusted_again_whatever_a_signed_snapshot_says() -> None:
+    a, b = es256_jwk(), es256_jwk()
+    ks = KeySet(ISSUER)
+    start = snapshot(1, "e1", {a["kid"]: "active"}, a)
+    ks.replace_from_snapshot(start, now=0.0)
+    (event,) = chained(start, retired(a["kid"], "revoked", 2))
+    assert ks.apply_event(event, now=1.0) is Outcome.APPLIED
+    # A later snapshot (a new epoch, or a restored backup the issuer signed) lists it again.
+    revived = snapshot(9, "e2", {a["kid"]: "active", b["kid"]: "pending"}, a, b)
+    assert ks.replace_from_snapshot(revived, now=2.0)
+    assert set(ks.view.keys) == {b["kid"]}
+    assert ks.view.gone[a["kid"]] == "revoked_key"
+    # And so does a signed key-added event of that epoch.
+    (readded,) = chained(revived, added(a, 10, epoch="e2"))
+    assert ks.apply_event(readded, now=3.0) is Outcome.APPLIED
+    assert a["kid"] not in ks.view.keys
+
+
+def test_events_that_do_not_continue_our_history_are_forks() -> None:
+    a, b, c = es256_jwk(), es256_jwk(), es256_jwk()
+    ks = KeySet(ISSUER)
+    start = snapshot(1, "e1", {a["kid"]: "active"}, a)
+    ks.replace_from_snapshot(start, now=0.0)
+    (ours,) = chained(start, added(b, 2))
+    other_history = snapshot(1, "e1", {a["kid"]: "active", c["kid"]: "pending"}, a, c)
+    (theirs,) = chained(other_history, added(b, 2))  # right version, another prev
+    assert ks.apply_event(theirs, now=1.0) is Outcome.FORK
+    assert ks.apply_event(dataclasses.replace(ours, digest="sha256:other"), now=1.0) is (
+        Outcome.FORK
+    )
+    assert ks.version == 1
+    assert ks.apply_event(ours, now=1.0) is Outcome.APPLIED
+    # The same version again with another content: a fork, not a duplicate.
+    (same_version,) = chained(start, added(c, 2))
+    assert ks.apply_event(same_version, now=2.0) is Outcome.FORK
+    assert ks.apply_event(ours, now=2.0) is Outcome.IGNORED
+
+
+def test_an_older_snapshot_of_our_epoch_is_a_refused_rollback() -> None:
+    a, b = es256_jwk(), es256_jwk()
+    ks = KeySet(ISSUER)
+    ks.replace_from_snapshot(snapshot(5, "e1", {b["kid"]: "active"}, b), now=0.0)
+    assert not ks.replace_from_snapshot(snapshot(4, "e1", {a["kid"]: "active"}, a), now=1.0)
+    assert set(ks.view.keys) == {b["kid"]}
