@@ -33,9 +33,10 @@ from fastapi.responses import JSONResponse, Response
 from keyherald.body_limit import BodyLimit, admin_body_max_bytes
 from subscriber.clock import Clock, system_clock
 from subscriber.constants import JWKS_PATH, METADATA_PATH, SNAPSHOT_PATH
+from subscriber.jws import compact_json
 
 from .auth import admin_dependency
-from .authority import Authority
+from .authority import Applied, Authority
 from .errors import IllegalTransition, StoreTampered, UnknownKey
 from .jwks import etag_matches
 from .kek import Kek
@@ -48,6 +49,7 @@ from .models import (
     TokenRequest,
     TokenResponse,
 )
+from .published import PublishedDocuments
 from .scheduler import Scheduler
 from .settings import IssuerSettings
 from .signer import RESERVED_CLAIMS, Signer
@@ -109,6 +111,7 @@ def create_app(
         freshness_interval_s=settings.freshness_interval_s,
     )
     signer = Signer(authority)
+    published = PublishedDocuments(authority)
 
     app = FastAPI(
         title="keyherald issuer",
@@ -117,39 +120,48 @@ def create_app(
         docs_url="/docs" if settings.openapi_docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.openapi_docs else None,
-        lifespan=_lifespan(authority, settings, run_scheduler, close_redis=redis is None),
+        lifespan=_lifespan(
+            authority, published, settings, run_scheduler, close_redis=redis is None
+        ),
     )
     # Before routing, so an oversized body is refused before it is read or the token checked.
     app.add_middleware(BodyLimit, max_bytes=admin_body_max_bytes)
     app.state.authority = authority
     app.state.signer = signer
+    app.state.published = published
     app.state.settings = settings
     _add_error_handlers(app)
-    _add_public_routes(app, authority)
-    app.include_router(_admin_router(authority, signer, _secret(settings)))
+    _add_public_routes(app, authority, published)
+    app.include_router(_admin_router(authority, published, signer, _secret(settings)))
     return app
 
 
 def _lifespan(
-    authority: Authority, settings: IssuerSettings, run_scheduler: bool, *, close_redis: bool
+    authority: Authority,
+    published: PublishedDocuments,
+    settings: IssuerSettings,
+    run_scheduler: bool,
+    *,
+    close_redis: bool,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await check_persistence(authority.redis)
         await authority.snapshot()  # bootstraps an empty store before the first request
-        task: asyncio.Task[None] | None = None
+        tasks = [asyncio.create_task(published.follow(), name="keyherald-published")]
         if run_scheduler:
             scheduler = Scheduler(
                 authority,
                 lease_ttl_s=settings.lease_ttl_s,
                 tick_interval_s=settings.tick_interval_s,
             )
-            task = asyncio.create_task(scheduler.run(), name="keyherald-scheduler")
+            tasks.append(asyncio.create_task(scheduler.run(), name="keyherald-scheduler"))
         try:
             yield
         finally:
-            if task is not None:
+            for task in tasks:
                 task.cancel()
+            for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             if close_redis:
@@ -186,7 +198,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         )
 
 
-def _add_public_routes(app: FastAPI, authority: Authority) -> None:
+def _add_public_routes(app: FastAPI, authority: Authority, published: PublishedDocuments) -> None:
     cache_control = f"public, max-age={int(authority.policy.jwks_max_age_s)}"
 
     @app.get(
@@ -196,10 +208,16 @@ def _add_public_routes(app: FastAPI, authority: Authority) -> None:
         responses={200: {"content": {"application/json": {}}}, 304: {"description": "unchanged"}},
         response_class=Response,
     )
-    async def jwks(if_none_match: Annotated[str | None, Header()] = None) -> Response:
-        document = await authority.jwks()
+    async def jwks(request: Request) -> Response:
+        # From memory (issuer/published.py); a client asking for no-cache gets a revalidated
+        # copy, read through the authority.
+        request_headers = request.headers
+        if "no-cache" in request_headers.get("cache-control", ""):
+            document = await authority.jwks()
+        else:
+            document = await published.jwks()
         headers = {"Cache-Control": cache_control, "ETag": document.etag}
-        if etag_matches(if_none_match, document.etag):
+        if etag_matches(request_headers.get("if-none-match"), document.etag):
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(document.body, media_type="application/json", headers=headers)
 
@@ -218,11 +236,22 @@ def _add_public_routes(app: FastAPI, authority: Authority) -> None:
         return Response(signed.token, media_type="application/jwt", headers=headers)
 
     @app.get(METADATA_PATH, tags=["public"], summary="Issuer metadata and announcement keys")
-    async def openid_configuration() -> JSONResponse:
-        return JSONResponse(await authority.metadata(), headers={"Cache-Control": "no-cache"})
+    async def openid_configuration(request: Request) -> Response:
+        if "no-cache" in request.headers.get("cache-control", ""):
+            body = compact_json(await authority.metadata())
+        else:
+            body = await published.metadata()
+        return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})
 
 
-def _admin_router(authority: Authority, signer: Signer, token: str | None) -> APIRouter:
+def _admin_router(
+    authority: Authority, published: PublishedDocuments, signer: Signer, token: str | None
+) -> APIRouter:
+    async def changed(applied: Applied) -> ChangeView:
+        # The caller reads its own write: the public documents are rendered again first.
+        await published.changed()
+        return ChangeView.of(applied)
+
     admin = APIRouter(
         prefix="/admin",
         tags=["admin"],
@@ -246,7 +275,7 @@ def _admin_router(authority: Authority, signer: Signer, token: str | None) -> AP
 
     @admin.post("/rotate", summary="Publish a new pending key now", status_code=201)
     async def rotate() -> ChangeView:
-        return ChangeView.of(await authority.rotate())
+        return await changed(await authority.rotate())
 
     @admin.get(
         "/keys/{kid}/readiness",
@@ -264,7 +293,7 @@ def _admin_router(authority: Authority, signer: Signer, token: str | None) -> AP
         summary="Activate a pending key published for the lead",
     )
     async def activate(kid: KidPath) -> ChangeView:
-        return ChangeView.of(await authority.activate(kid))
+        return await changed(await authority.activate(kid))
 
     @admin.post(
         "/keys/{kid}/retire",
@@ -272,7 +301,7 @@ def _admin_router(authority: Authority, signer: Signer, token: str | None) -> AP
         summary="Withdraw a pending key, or end a finished grace",
     )
     async def retire(kid: KidPath) -> ChangeView:
-        return ChangeView.of(await authority.retire(kid))
+        return await changed(await authority.retire(kid))
 
     @admin.post(
         "/keys/{kid}/revoke",
@@ -280,7 +309,7 @@ def _admin_router(authority: Authority, signer: Signer, token: str | None) -> AP
         summary="Emergency removal; replaces the active key at once",
     )
     async def revoke(kid: KidPath) -> ChangeView:
-        return ChangeView.of(await authority.revoke(kid))
+        return await changed(await authority.revoke(kid))
 
     @admin.post(
         "/tokens",

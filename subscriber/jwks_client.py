@@ -126,6 +126,10 @@ class JwksClient:
         self._doc: Mapping[str, Any] | None = None
 
     async def _get(self, url: str, headers: Mapping[str, str]) -> "_Response":
+        # Every fetch follows something the stream said (bootstrap, resync, a new epoch, a
+        # delivery's key set), so it must not get a copy older than the store: no-cache makes
+        # an issuer serving from memory revalidate (RFC 9111 5.2.1.4).
+        headers = {**headers, "Cache-Control": "no-cache"}
         try:
             try:
                 return await self._get_capped(url, headers)
