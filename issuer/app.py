@@ -33,7 +33,6 @@ from fastapi.responses import JSONResponse, Response
 from keyherald.body_limit import BodyLimit, admin_body_max_bytes
 from subscriber.clock import Clock, system_clock
 from subscriber.constants import JWKS_PATH, METADATA_PATH, SNAPSHOT_PATH
-from subscriber.jws import compact_json
 
 from .auth import admin_dependency
 from .authority import Applied, Authority
@@ -209,15 +208,14 @@ def _add_public_routes(app: FastAPI, authority: Authority, published: PublishedD
         response_class=Response,
     )
     async def jwks(request: Request) -> Response:
-        # From memory (issuer/published.py); a client asking for no-cache gets a revalidated
-        # copy, read through the authority.
+        # From memory (issuer/published.py); with no-cache, memory only once the store's
+        # head confirms it, else the authority's copy.
         request_headers = request.headers
-        if "no-cache" in request_headers.get("cache-control", ""):
-            document = await authority.jwks()
-        else:
-            document = await published.jwks()
+        no_cache = "no-cache" in request_headers.get("cache-control", "")
+        document = await published.jwks(revalidate=no_cache)
         headers = {"Cache-Control": cache_control, "ETag": document.etag}
-        if etag_matches(request_headers.get("if-none-match"), document.etag):
+        if_none_match = request_headers.get("if-none-match")
+        if if_none_match == document.etag or etag_matches(if_none_match, document.etag):
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)
         return Response(document.body, media_type="application/json", headers=headers)
 
@@ -237,10 +235,8 @@ def _add_public_routes(app: FastAPI, authority: Authority, published: PublishedD
 
     @app.get(METADATA_PATH, tags=["public"], summary="Issuer metadata and announcement keys")
     async def openid_configuration(request: Request) -> Response:
-        if "no-cache" in request.headers.get("cache-control", ""):
-            body = compact_json(await authority.metadata())
-        else:
-            body = await published.metadata()
+        no_cache = "no-cache" in request.headers.get("cache-control", "")
+        body = await published.metadata(revalidate=no_cache)
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})
 
 

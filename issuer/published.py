@@ -64,17 +64,30 @@ class PublishedDocuments:
         """Whether requests are answered from memory right now."""
         return self._fresh
 
-    async def jwks(self) -> JwksDocument:
-        """The current JWKS document."""
-        if self._fresh and self._jwks is not None:
+    async def jwks(self, *, revalidate: bool = False) -> JwksDocument:
+        """The current JWKS document.
+
+        :param revalidate: check the store's ``(epoch, version)`` first (one Redis read),
+            for a request that must not get a copy behind the store (``no-cache``).
+        """
+        if self._jwks is not None and (await self._current() if revalidate else self._fresh):
             return self._jwks
         return await self._authority.jwks()
 
-    async def metadata(self) -> bytes:
-        """The current metadata document, encoded."""
-        if self._fresh and self._metadata is not None:
+    async def metadata(self, *, revalidate: bool = False) -> bytes:
+        """The current metadata document, encoded; ``revalidate`` as for :meth:`jwks`."""
+        if self._metadata is not None and (await self._current() if revalidate else self._fresh):
             return self._metadata
         return _encode(await self._authority.metadata())
+
+    async def _current(self) -> bool:
+        # Both documents are functions of the key set at (epoch, version), rendered together.
+        try:
+            epoch, version = await self._authority.store.head()
+        except (RedisError, OSError):
+            return False  # the authority's path decides: its last documents, or the error
+        current = self._jwks
+        return current is not None and (epoch or "", version) == (current.epoch, current.version)
 
     async def changed(self) -> None:
         """A change was committed in this process: render again before answering anyone."""
@@ -136,9 +149,7 @@ class PublishedDocuments:
                 self._invalidate()
                 await self._refresh()
                 continue
-            epoch, version = await self._authority.store.head()
-            current = self._jwks
-            if current is None or (epoch or "", version) != (current.epoch, current.version):
+            if not await self._current():
                 return
             if not self._fresh:  # a refresh after an admin change failed: try again now
                 await self._refresh()
