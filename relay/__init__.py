@@ -8,7 +8,7 @@ from .delivery import Deliverer
 from .egress import EgressPolicy, forbidden_reason, redact_url
 from .errors import ConfigError, DeliveryFailed, EgressRefused, PartnerNotFound, RelayError
 from .items import Item
-from .keysource import JwksKeySource, KeySnapshot, KeySource
+from .keysource import KeySnapshot, KeySource, SnapshotKeySource
 from .metrics import RelayMetrics
 from .partners import Partner, PartnerStore
 from .policy import DeliveryPolicy
@@ -27,7 +27,6 @@ __all__ = [
     "EgressPolicy",
     "EgressRefused",
     "Item",
-    "JwksKeySource",
     "KeySnapshot",
     "KeySource",
     "Partner",
@@ -38,6 +37,7 @@ __all__ = [
     "RelayMetrics",
     "RelaySettings",
     "RetrySchedule",
+    "SnapshotKeySource",
     "StreamConsumer",
     "create_app",
     "forbidden_reason",

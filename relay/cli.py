@@ -33,7 +33,7 @@ from .api import create_app
 from .consumer import KeyRefresher
 from .egress import EgressPolicy
 from .errors import ConfigError
-from .keysource import JwksKeySource
+from .keysource import KeySource, SnapshotKeySource
 from .policy import DeliveryPolicy
 from .schedule import RetrySchedule
 from .service import Relay
@@ -71,7 +71,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def build_relay(
     settings: RelaySettings,
     redis: aioredis.Redis,
-    keys: JwksKeySource,
+    keys: KeySource,
     announce: dict[str, object],
     refresh_announce_keys: KeyRefresher | None = None,
 ) -> Relay:
@@ -159,7 +159,7 @@ async def serve(settings: RelaySettings, host: str, port: int) -> None:
     redis = aioredis.Redis.from_url(settings.redis_url)
     try:
         async with httpx.AsyncClient(timeout=http_timeout_s) as issuer_http:
-            jwks = JwksClient(issuer_http, settings.issuer, jwks_url=settings.jwks_url)
+            jwks = JwksClient(issuer_http, settings.issuer, snapshot_url=settings.snapshot())
             announce = load_announcement_keys(await _announcement_jwks(settings, jwks))
             if not announce:
                 raise ConfigError("the issuer publishes no announcement keys")
@@ -169,7 +169,9 @@ async def serve(settings: RelaySettings, host: str, port: int) -> None:
 
             # Pinned keys are the operator's decision; only metadata-sourced ones are refetched.
             refresher = None if settings.announcement_keys else refresh
-            relay = build_relay(settings, redis, JwksKeySource(jwks), dict(announce), refresher)
+            trusted = dict(announce)  # one mapping: the consumer adds to it, snapshots read it
+            source = SnapshotKeySource(jwks, settings.issuer, trusted)
+            relay = build_relay(settings, redis, source, trusted, refresher)  # type: ignore[arg-type]
             app = create_app(relay, settings.admin_token.get_secret_value())
             config = uvicorn.Config(app, host=host, port=port, log_config=None, lifespan="off")
             async with relay:

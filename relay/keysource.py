@@ -1,12 +1,14 @@
 """The partner payload: the event plus the issuer's complete current key set.
 
-The key set is the issuer's JWKS document itself (``keys`` and the ``keyherald`` member with
-``version``, ``epoch`` and ``states``), fetched conditionally with the subscriber's
-:class:`~subscriber.jwks_client.JwksClient`, so an unchanged set costs a ``304``. A relay
+The key set comes from the issuer's signed key-set snapshot (:mod:`subscriber.history`),
+verified against the announcement keys before anything of it is used: Redis, and whatever sits
+between the relay and the issuer, is not trusted. Partners get it as a JWKS document (``keys``
+and the ``keyherald`` member with ``version``, ``epoch``, ``digest`` and ``states``) and as the
+signed snapshot itself (``data.snapshot``), which they can check against the same keys. A relay
 replica only sees the stream entries its consumer-group share hands it, so it cannot rebuild
-the set from events; the JWKS is the one complete, authoritative view. A document older than
-the event being delivered (a cache between us and the issuer) fails the attempt, which is
-retried, rather than sending a partner a set that lacks the announced key.
+the set from events; the snapshot is the one complete, authoritative view. A set older than the
+event being delivered fails the attempt, which is retried, rather than sending a partner a set
+that lacks the announced key.
 """
 
 import json
@@ -16,7 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from subscriber.errors import FetchError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from subscriber.clock import Clock, system_clock
+from subscriber.errors import EventError, FetchError
+from subscriber.history import parse_snapshot
 from subscriber.jwks_client import JwksClient
 
 from .errors import DeliveryFailed
@@ -32,6 +38,8 @@ class KeySnapshot:
     doc: Mapping[str, Any]
     version: int
     epoch: str
+    #: The issuer-signed snapshot the set was read from, when it came from one.
+    token: str | None = None
 
 
 class KeySource(Protocol):
@@ -60,18 +68,46 @@ def snapshot_of(doc: Mapping[str, Any]) -> KeySnapshot:
     return KeySnapshot(doc, version, epoch)
 
 
-class JwksKeySource:
-    """:class:`KeySource` over an issuer's JWKS endpoint."""
+class SnapshotKeySource:
+    """:class:`KeySource` over the issuer's signed key-set snapshot.
 
-    def __init__(self, client: JwksClient) -> None:
+    :param announce_keys: the keys the snapshot must be signed by; read at each fetch (the
+        consumer adds keys to this mapping in place when the issuer's metadata lists new ones).
+    """
+
+    def __init__(
+        self,
+        client: JwksClient,
+        issuer: str,
+        announce_keys: Mapping[str, Ed25519PublicKey],
+        *,
+        clock: Clock = system_clock,
+        leeway_s: float = 60.0,
+    ) -> None:
         self._client = client
+        self._issuer = issuer
+        self._keys = announce_keys
+        self._clock = clock
+        self._leeway_s = leeway_s
 
     async def snapshot(self) -> KeySnapshot:
         try:
-            response = await self._client.fetch_jwks()
+            response = await self._client.fetch_snapshot()
+            snap = parse_snapshot(
+                response.token,
+                self._keys,
+                issuer=self._issuer,
+                now=self._clock(),
+                leeway_s=self._leeway_s,
+            )
         except FetchError as e:
-            raise DeliveryFailed("issuer JWKS unavailable", reason="stale_keys") from e
-        return snapshot_of(response.doc)
+            raise DeliveryFailed("issuer snapshot unavailable", reason="stale_keys") from e
+        except EventError as e:
+            logger.warning("issuer snapshot refused: %s (%s)", e, e.reason)
+            raise DeliveryFailed(
+                f"issuer snapshot refused ({e.reason})", reason="stale_keys"
+            ) from e
+        return KeySnapshot(snap.jwks(), snap.version, snap.epoch, snap.token)
 
 
 async def current_for(source: KeySource, item: Item) -> KeySnapshot:
@@ -93,8 +129,10 @@ def payload(item: Item, keys: KeySnapshot, items: Sequence[Item] = ()) -> bytes:
 
     ``data.event`` is the verified announcement, ``data.jws`` the issuer-signed original (a
     partner may check it against the announcement keys), ``data.jwks`` the full key set and
-    ``data.version`` its version. ``data.events`` lists every event the delivery stands for
-    (``items``, default ``item`` alone; more than one only when collapsing), oldest first.
+    ``data.version`` its version; ``data.snapshot`` the issuer-signed snapshot it was read
+    from (checkable against the announcement keys, like ``data.jws``). ``data.events`` lists
+    every event the delivery stands for (``items``, default ``item`` alone; more than one only
+    when collapsing), oldest first.
     """
     event = item.event
     body = {
@@ -109,4 +147,6 @@ def payload(item: Item, keys: KeySnapshot, items: Sequence[Item] = ()) -> bytes:
             "jwks": dict(keys.doc),
         },
     }
+    if keys.token is not None:
+        body["data"]["snapshot"] = keys.token  # type: ignore[index]
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()

@@ -28,7 +28,11 @@ class RelaySettings(BaseSettings):
 
     issuer: str = Field(description="issuer URL (iss); selects the stream and JWKS")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="the issuer's Redis")
-    jwks_url: str | None = Field(None, description="default: <issuer>/.well-known/jwks.json")
+    snapshot_url: str | None = Field(
+        None,
+        description="the issuer's signed key-set snapshot; default: "
+        "<issuer>/.well-known/keyherald-snapshot.jwt",
+    )
     announcement_keys: list[dict[str, Any]] = Field(
         default_factory=list,
         description="pinned announcement JWKs (JSON list); empty: from the issuer metadata",
@@ -118,8 +122,8 @@ class RelaySettings(BaseSettings):
             )
         return self
 
-    def jwks(self) -> str:
-        """The JWKS URL, defaulting to the issuer's well-known path."""
-        from subscriber.constants import JWKS_PATH
+    def snapshot(self) -> str:
+        """The snapshot URL, defaulting to the issuer's well-known path."""
+        from subscriber.constants import SNAPSHOT_PATH
 
-        return self.jwks_url or self.issuer.rstrip("/") + JWKS_PATH
+        return self.snapshot_url or self.issuer.rstrip("/") + SNAPSHOT_PATH

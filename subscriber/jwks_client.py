@@ -188,8 +188,6 @@ class JwksClient:
 
         :raises FetchError: unreachable, not 200, or larger than the cap.
         """
-        if self.snapshot_url is None:
-            await self.fetch_metadata()
         url = self.snapshot_url or self.issuer.rstrip("/") + SNAPSHOT_PATH
         response = await self._get(url, {"Accept": "application/jwt"})
         if response.status_code != 200:

@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from relay.egress import EgressPolicy
-from relay.keysource import JwksKeySource
+from relay.keysource import SnapshotKeySource
 from relay.metrics import RelayMetrics
 from relay.policy import DeliveryPolicy
 from relay.schedule import RetrySchedule
@@ -31,6 +31,7 @@ from tests.keys import es256_jwk
 
 ISSUER = "https://issuer.test"
 JWKS_URL = ISSUER + "/.well-known/jwks.json"
+SNAPSHOT_URL = ISSUER + SNAPSHOT_PATH
 
 
 class MiniIssuer:
@@ -217,7 +218,7 @@ def build_relay(
         "metrics": RelayMetrics(),
     }
     kwargs.update(overrides)
-    keys = JwksKeySource(JwksClient(jwks_http, ISSUER, jwks_url=JWKS_URL))
+    keys = SnapshotKeySource(JwksClient(jwks_http, ISSUER), ISSUER, issuer.announce_keys)
     return Relay(redis, ISSUER, issuer.announce_keys, keys, **kwargs)
 
 

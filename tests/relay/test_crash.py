@@ -25,7 +25,7 @@ from relay.egress import EgressPolicy
 from relay.partners import PartnerStore
 from relay.queue import _FAN_OUT
 from subscriber.redis_keys import event_stream
-from tests.relay.conftest import ISSUER, JWKS_URL
+from tests.relay.conftest import ISSUER, SNAPSHOT_URL
 from tests.relay.servers import FreezingProxy, Receiver, Server, until
 
 RUNS = range(int(os.environ.get("KEYHERALD_CRASH_RUNS", "1")))
@@ -42,7 +42,7 @@ def relay_process(issuer, redis_url: str, jwks_url: str) -> Iterator[subprocess.
         **os.environ,
         "KEYHERALD_RELAY_ISSUER": ISSUER,
         "KEYHERALD_RELAY_REDIS_URL": redis_url,
-        "KEYHERALD_RELAY_JWKS_URL": jwks_url,
+        "KEYHERALD_RELAY_SNAPSHOT_URL": jwks_url,
         "KEYHERALD_RELAY_ANNOUNCEMENT_KEYS": json.dumps([issuer.announce_jwk]),
         "KEYHERALD_RELAY_ADMIN_TOKEN": "t" * 32,
         "KEYHERALD_RELAY_EGRESS_ALLOW": '["127.0.0.1"]',
@@ -167,7 +167,7 @@ async def setup(redis, redis_url, issuer):
         receiver.secrets.append(secret)
         for _ in range(BACKLOG):
             await issuer.add_key()
-        yield receiver, proxy, JWKS_URL.replace(ISSUER, jwks.url)
+        yield receiver, proxy, SNAPSHOT_URL.replace(ISSUER, jwks.url)
 
 
 @pytest.mark.parametrize("run", RUNS)

@@ -258,15 +258,16 @@ async def test_a_revocation_reaches_a_partner_as_three_events_by_default(
     redis, issuer, jwks_http
 ) -> None:
     from relay.cli import build_relay
-    from relay.keysource import JwksKeySource
+    from relay.keysource import SnapshotKeySource
     from relay.settings import RelaySettings
     from subscriber.jwks_client import JwksClient
-    from tests.relay.conftest import ISSUER, JWKS_URL
+    from tests.relay.conftest import ISSUER
 
     # Built as `keyherald relay` builds it, every setting at its default but the allow-list.
     settings = RelaySettings(issuer=ISSUER, admin_token="t" * 32, egress_allow=["127.0.0.1"])
-    keys = JwksKeySource(JwksClient(jwks_http, ISSUER, jwks_url=JWKS_URL))
-    relay = build_relay(settings, redis, keys, dict(issuer.announce_keys))
+    trusted = dict(issuer.announce_keys)
+    keys = SnapshotKeySource(JwksClient(jwks_http, ISSUER), ISSUER, trusted)
+    relay = build_relay(settings, redis, keys, trusted)  # type: ignore[arg-type]
     receiver = Receiver()
     first = await issuer.add_key()
     await issuer.activate(first.kid)

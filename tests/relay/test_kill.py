@@ -12,7 +12,7 @@ import time
 from keyherald.redis_server import free_port
 from relay.egress import EgressPolicy
 from relay.partners import PartnerStore
-from tests.relay.conftest import ISSUER, JWKS_URL
+from tests.relay.conftest import ISSUER, SNAPSHOT_URL
 from tests.relay.servers import Receiver, Reply, Server, until
 
 
@@ -29,7 +29,7 @@ async def test_sigkilled_relay_process_loses_nothing(redis, redis_url, issuer, m
             **os.environ,
             "KEYHERALD_RELAY_ISSUER": ISSUER,
             "KEYHERALD_RELAY_REDIS_URL": redis_url,
-            "KEYHERALD_RELAY_JWKS_URL": JWKS_URL.replace(ISSUER, jwks_server.url),
+            "KEYHERALD_RELAY_SNAPSHOT_URL": SNAPSHOT_URL.replace(ISSUER, jwks_server.url),
             "KEYHERALD_RELAY_ANNOUNCEMENT_KEYS": json.dumps([issuer.announce_jwk]),
             "KEYHERALD_RELAY_ADMIN_TOKEN": "t" * 32,
             "KEYHERALD_RELAY_EGRESS_ALLOW": '["127.0.0.1"]',

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from relay.cli import build_relay
 from relay.errors import ConfigError
-from relay.keysource import JwksKeySource
+from relay.keysource import SnapshotKeySource
 from relay.service import Relay
 from relay.settings import DEFAULT_RETRY_SCHEDULE_S, RelaySettings
 from subscriber.jwks_client import JwksClient
@@ -26,7 +26,7 @@ def test_settings_read_the_environment(monkeypatch) -> None:
     settings = RelaySettings()
     assert settings.retry_schedule_s == [0, 0.5, 2]
     assert settings.egress_allow == ["127.0.0.1"]
-    assert settings.jwks() == "https://issuer.example/.well-known/jwks.json"
+    assert settings.snapshot() == "https://issuer.example/.well-known/keyherald-snapshot.jwt"
     assert "secret-token-value" not in repr(settings)
 
 
@@ -64,7 +64,7 @@ def test_cli_refuses_to_start_without_settings(monkeypatch) -> None:
 
 def _relay_from(settings: RelaySettings) -> Relay:
     client = httpx.AsyncClient()
-    keys = JwksKeySource(JwksClient(client, settings.issuer))
+    keys = SnapshotKeySource(JwksClient(client, settings.issuer), settings.issuer, {})
     return build_relay(settings, aioredis.Redis(), keys, {})
 
 
