@@ -76,8 +76,14 @@ async def test_injected_key_on_a_fresh_issuer_is_a_503_not_a_key(
         await fresh.state.authority.snapshot()
     transport = httpx.ASGITransport(app=fresh)
     async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as http:
-        for path in ("/.well-known/jwks.json", "/.well-known/keyherald-snapshot.jwt"):
-            response = await http.get(path)
+        admin = {"Authorization": "Bearer t0ken-for-tests"}
+        for path in (
+            "/.well-known/jwks.json",
+            "/.well-known/keyherald-snapshot.jwt",
+            "/.well-known/openid-configuration",
+            "/admin/keys",
+        ):
+            response = await http.get(path, headers=admin)
             assert response.status_code == 503, path
             assert response.json()["error"] == "store_tampered"
             assert pair.kid not in response.text
