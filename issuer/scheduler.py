@@ -1,9 +1,9 @@
 """The loop that applies due transitions, safe with several issuer replicas.
 
-One replica at a time holds a Redis lease (``SET NX PX``); taking it draws a fencing token from
-a counter that only grows (``INCR``). Every commit the holder makes carries the token, and the
-commit script refuses it once a newer token exists, so a leader that paused past its lease
-(GC, SIGSTOP, network) cannot write after its successor started. Independently, each commit is a
+One replica at a time holds the fenced lease (:class:`~issuer.lease.FencedLease`). Every commit
+the holder makes carries its fencing token, and the commit script refuses it once a newer token
+exists, so a leader that paused past its lease (GC, SIGSTOP, network) cannot write after its
+successor started. Independently, each commit is a
 compare-and-set on the key-set ``version``: a transition is applied once even if two writers
 race, and it is never lost, because what is due is recomputed from the stored state by whoever
 holds the lease next.
@@ -20,34 +20,12 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
-from subscriber import redis_keys
-
 from .authority import Applied, Authority
 from .errors import LeaseLost, StoreError
-from .store import text
+from .lease import FencedLease
 
 logger = logging.getLogger(__name__)
 
-# Taking the lease and drawing the token is one atomic step: a token drawn by a replica that
-# then fails to get the lease would otherwise fence out the live leader.
-ACQUIRE_SCRIPT: Final = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  local token = redis.call('INCR', KEYS[2])
-  redis.call('SET', KEYS[1], ARGV[1] .. ':' .. token, 'PX', ARGV[2])
-  return token
-end
-return false
-"""
-RENEW_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-RELEASE_SCRIPT: Final = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 #: Back-off after an unexpected error in the loop, so a Redis outage is not a busy loop.
 ERROR_BACKOFF_S: Final = 1.0
 #: Longest wait for the lease release at shutdown; the lease expires on its own anyway.
@@ -87,41 +65,21 @@ class Scheduler:
         self.holder = holder or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.lease_ttl_ms = int(lease_ttl_s * 1000)
         self.tick_interval_s = tick_interval_s
-        self.token: int | None = None
+        self.lease = FencedLease(authority.redis, authority.issuer, self.holder, lease_ttl_s)
         self._fresh_at = -math.inf
-        redis: aioredis.Redis = authority.redis
-        self._lease_key = redis_keys.scheduler_lease(authority.issuer)
-        self._fence_key = redis_keys.scheduler_fence(authority.issuer)
-        self._acquire = redis.register_script(ACQUIRE_SCRIPT)
-        self._renew = redis.register_script(RENEW_SCRIPT)
-        self._release = redis.register_script(RELEASE_SCRIPT)
 
     @property
-    def _lease_value(self) -> str:
-        return f"{self.holder}:{self.token}"
+    def token(self) -> int | None:
+        """The fencing token while this replica leads."""
+        return self.lease.token
+
+    @token.setter
+    def token(self, value: int | None) -> None:
+        self.lease.token = value
 
     async def ensure_lease(self) -> bool:
         """Renew the lease if held, else try to take it. ``True`` while this replica leads."""
-        if self.token is not None:
-            if await self._renew(
-                keys=[self._lease_key], args=[self._lease_value, self.lease_ttl_ms]
-            ):
-                return True
-            logger.warning("scheduler %s lost the lease (token %s)", self.holder, self.token)
-            self.token = None
-        token = await self._acquire(
-            keys=[self._lease_key, self._fence_key], args=[self.holder, self.lease_ttl_ms]
-        )
-        if token is None:
-            return False
-        self.token = int(text(token))
-        logger.info(
-            "scheduler %s leads with fencing token %s",
-            self.holder,
-            self.token,
-            extra={"holder": self.holder, "fence": self.token},
-        )
-        return True
+        return await self.lease.ensure()
 
     async def run_once(self) -> list[Applied]:
         """One round: hold the lease, apply what is due, and publish a freshness record when
@@ -164,10 +122,4 @@ class Scheduler:
 
     async def release(self) -> None:
         """Give the lease up (on shutdown) so another replica takes over at once."""
-        if self.token is None:
-            return
-        try:
-            await self._release(keys=[self._lease_key], args=[self._lease_value])
-        except aioredis.RedisError as e:
-            logger.warning("could not release the scheduler lease: %s", e)
-        self.token = None
+        await self.lease.release()
