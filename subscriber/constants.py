@@ -23,6 +23,9 @@ freshness_intervals_allowed: Final = 3
 #: Path of the issuer metadata document, relative to the issuer URL.
 METADATA_PATH: Final = "/.well-known/openid-configuration"
 JWKS_PATH: Final = "/.well-known/jwks.json"
+#: An upstream watcher serves each upstream's metadata and snapshot under
+#: ``<watcher>/upstreams/<issuer tag>`` (see ``jwks_client.announcer_base``).
+UPSTREAMS_PATH: Final = "/upstreams"
 
 #: Tokens larger than this are rejected before any decoding (RFC 8725 section 3.11 spirit).
 max_token_bytes: Final = 8 * 1024
@@ -77,3 +80,11 @@ token_cache_max_token_chars: Final = 4_096
 #: Kids seen revoked or retired that are never trusted again. Only signed events and
 #: snapshots add to it, so it grows with the issuer's rotations (a key a day for 270 years).
 max_ended_kids: Final = 100_000
+
+# --- upstream mode (verifiers of a hosted identity provider, announced by a watcher) ---
+#: A live verifier reports at most one unknown kid per this many seconds to the watcher (which
+#: fetches at most once per its own cooldown for the whole fleet). Keep it well below the
+#: watcher's cooldown, so a real new kid is reported in the cooldown a flood already started.
+miss_hint_interval_s: Final = 5.0
+#: Miss hints kept on the stream (the watcher only needs the newest).
+miss_hints_kept: Final = 64

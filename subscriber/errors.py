@@ -80,6 +80,8 @@ class KeyNotFound(InvalidToken):
     """The token names no key, or a key this verifier does not hold."""
 
     reason = "unknown_kid"
+    #: The kid the token names (``unknown_kid`` only).
+    kid: str | None = None
 
 
 class KeyNotUsable(InvalidToken):

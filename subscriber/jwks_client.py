@@ -17,6 +17,7 @@ import httpx
 from .constants import (
     METADATA_PATH,
     SNAPSHOT_PATH,
+    UPSTREAMS_PATH,
     default_poll_interval_s,
     max_document_bytes,
     max_poll_interval_s,
@@ -25,6 +26,7 @@ from .constants import (
 )
 from .errors import FetchError, MalformedToken
 from .jws import strict_json_object
+from .redis_keys import issuer_tag
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ class Metadata:
     snapshot_uri: str | None = None
     freshness_stream: str | None = None
     freshness_interval_s: float | None = None
+    #: ``id_token_signing_alg_values_supported`` (infers the alg of RSA keys that name none).
+    signing_algs: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +113,9 @@ class JwksClient:
     :param http: the client to use; the caller owns it (and closes it).
     :param issuer: the issuer URL; metadata for another issuer is refused (OIDC Discovery 4.3).
     :param jwks_url: overrides the metadata's ``jwks_uri``.
+    :param metadata_url: where the metadata is (default: the issuer's
+        ``/.well-known/openid-configuration``; an upstream watcher serves it elsewhere, see
+        :func:`announcer_base`).
     """
 
     def __init__(
@@ -117,8 +124,10 @@ class JwksClient:
         issuer: str,
         jwks_url: str | None = None,
         snapshot_url: str | None = None,
+        metadata_url: str | None = None,
     ) -> None:
         self._http = http
+        self.metadata_url = metadata_url or issuer.rstrip("/") + METADATA_PATH
         self.issuer = issuer
         self.jwks_url = jwks_url
         self.snapshot_url = snapshot_url
@@ -155,7 +164,7 @@ class JwksClient:
 
         :raises FetchError: unreachable, not 200, not JSON, or for another issuer.
         """
-        url = self.issuer.rstrip("/") + METADATA_PATH
+        url = self.metadata_url
         response = await self._get(url, {"Accept": "application/json"})
         doc = _json_object(response, url)
         if doc.get("issuer") != self.issuer:
@@ -167,6 +176,7 @@ class JwksClient:
         member = member if isinstance(member, Mapping) else {}
         announcement = member.get("announcement_keys")
         interval = member.get("freshness_interval_s")
+        algs = doc.get("id_token_signing_alg_values_supported")
         snapshot_uri = _str(member.get("snapshot_uri"))
         if self.snapshot_url is None and snapshot_uri is not None:
             self.snapshot_url = snapshot_uri
@@ -180,6 +190,9 @@ class JwksClient:
             freshness_stream=_str(member.get("freshness_stream")),
             freshness_interval_s=float(interval)
             if isinstance(interval, int | float) and not isinstance(interval, bool) and interval > 0
+            else None,
+            signing_algs=tuple(a for a in algs if isinstance(a, str))
+            if isinstance(algs, list)
             else None,
         )
 
@@ -221,6 +234,12 @@ class JwksClient:
     def forget(self) -> None:
         """Drop the cached document, so the next fetch is unconditional."""
         self._doc = self._etag = None
+
+
+def announcer_base(announcer_url: str, issuer: str) -> str:
+    """Where an upstream watcher at ``announcer_url`` serves the metadata and signed snapshot
+    of upstream ``issuer`` (``<url>/upstreams/<issuer tag>``)."""
+    return f"{announcer_url.rstrip('/')}{UPSTREAMS_PATH}/{issuer_tag(issuer)}"
 
 
 def _str(value: Any) -> str | None:

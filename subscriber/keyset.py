@@ -13,7 +13,7 @@ view, whatever produced it, drops the cached tokens whose key it no longer holds
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import MappingProxyType
 from typing import Any, Final
@@ -97,6 +97,9 @@ class KeySet:
     #: Every kid this key set has seen revoked or retired: never trusted again, whatever a
     #: later event, snapshot or epoch says (no revival).
     ended: dict[str, str] = field(default_factory=dict)
+    #: Kids in the view that came from an upstream provider's own JWKS (the fallback), not
+    #: from a signed event or snapshot: the next snapshot drops them without ending them.
+    overlaid: set[str] = field(default_factory=set)
 
     @property
     def view(self) -> KeyView:
@@ -136,6 +139,7 @@ class KeySet:
             return Outcome.FORK
         keys, gone = dict(view.keys), dict(view.gone)
         states, first_held = dict(view.states), dict(view.first_held)
+        self.overlaid.discard(event.kid)  # from now on the signed history speaks for it
         if event.type == KEY_ADDED:
             states[event.kid] = "pending"
             key = self._usable(event.kid, event.data.get("jwk"), event.data.get("alg"))
@@ -206,6 +210,30 @@ class KeySet:
         first_held.pop(kid, None)
         gone[kid] = GONE_REASONS[state]
 
+    def overlay(self, keys: Mapping[str, PublicKey], now: float) -> list[str]:
+        """Add ``keys`` (an upstream provider's own JWKS, fetched while the announcer is out of
+        reach) to the view as usable, without touching the signed history: version, entries
+        and digest stay. Kids held already or ever ended are left out.
+
+        :returns: the kids added.
+        """
+        view = self.view
+        extra = {
+            kid: key
+            for kid, key in keys.items()
+            if kid not in view.keys and kid not in self.ended and kid not in view.gone
+        }
+        if not extra:
+            return []
+        self.overlaid.update(extra)
+        self.view = replace(
+            view,
+            keys=MappingProxyType({**view.keys, **extra}),
+            states=MappingProxyType({**view.states, **dict.fromkeys(extra, "pending")}),
+            first_held=MappingProxyType({**view.first_held, **dict.fromkeys(extra, now)}),
+        )
+        return sorted(extra)
+
     def replace_from_snapshot(self, snapshot: KeySetSnapshot, now: float) -> bool:
         """Adopt a verified snapshot unless it would take the key set back.
 
@@ -238,7 +266,8 @@ class KeySet:
         gone = dict(view.gone) if same_epoch else {}
         first_held: dict[str, float] = {}
         # Keys we held that the new set lacks were retired (or revoked) in events we missed.
-        held = set(view.keys) if same_epoch else set()
+        held = set(view.keys) - self.overlaid if same_epoch else set()
+        self.overlaid.clear()
         for kid in held - {k.kid for k in snapshot.keys}:
             self._end(kid, "retired", keys, gone, states, first_held)
         for kid, state in snapshot.gone.items():

@@ -64,3 +64,9 @@ def verifier_states(issuer: str) -> str:
 def relay_key(issuer: str, name: str) -> str:
     """Namespace for the webhook relay's own keys (partners, deliveries, dead letters)."""
     return _key(issuer, f"relay:{name}")
+
+
+def miss_hints(issuer: str) -> str:
+    """STREAM of unknown-kid hints from live verifiers of an upstream issuer (a few kept); the
+    upstream watcher reads it to fetch the provider's key set early."""
+    return _key(issuer, "miss-hints")

@@ -49,6 +49,8 @@ class JwksRefresher:
         hold (a rebuilt store may come with a new announcement key); returns whether the keys
         changed. Pinned keys never change.
     :param after_adopt: awaited after each successful fetch with ``(now, changed, snapshot)``.
+    :param fallback: awaited with the trigger when a refresh that need not be a resync cannot
+        get a snapshot (upstream mode: the provider's own JWKS); returns whether keys changed.
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class JwksRefresher:
         announcement_keys: Callable[[], Mapping[str, Ed25519PublicKey]],
         reload_announcement_keys: Callable[[], Awaitable[bool]],
         leeway_s: float,
+        fallback: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.client = client
         self.keyset = keyset
@@ -75,6 +78,7 @@ class JwksRefresher:
         self._announcement_keys = announcement_keys
         self._reload_announcement_keys = reload_announcement_keys
         self._leeway_s = leeway_s
+        self._fallback = fallback
         self._rng = random.Random()
         self._guard = threading.Lock()
         #: A requested refresh is scheduled or running.
@@ -130,7 +134,13 @@ class JwksRefresher:
             await asyncio.gather(asyncio.shield(inflight), return_exceptions=True)
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self._fetch_and_adopt(trigger))
-        return await asyncio.shield(self._inflight)
+        try:
+            return await asyncio.shield(self._inflight)
+        except FetchError as e:
+            if self._fallback is None or fresh:
+                raise
+            logger.warning("signed snapshot unavailable (%s): %s", trigger, e)
+            return await self._fallback(trigger)
 
     async def _fetch_and_adopt(self, trigger: str) -> bool:
         try:

@@ -47,15 +47,17 @@ from .follower import StreamFollower
 from .health import Health, State
 from .history import Freshness, KeySetSnapshot
 from .jwk import SUPPORTED_ALGS
-from .jwks_client import JwksClient, Metadata
+from .jwks_client import JwksClient, Metadata, announcer_base
 from .jws import strict_json_object
 from .keyset import KeySet
 from .metrics import Metrics, metrics_for
+from .miss_hints import MissHints
 from .presence import HeartbeatRecord, Presence, new_instance_id
 from .redis_keys import event_stream, freshness_stream
 from .refresher import JwksRefresher
 from .supervisor import supervise
 from .token_cache import TokenCache
+from .upstream_fallback import UpstreamFallback
 from .verify import VerifyOptions, check_claims, verify_signature
 
 logger = logging.getLogger(__name__)
@@ -72,10 +74,20 @@ def _positive(name: str, value: float) -> float:
 class Verifier:
     """Verifies JWTs against a key cache that the issuer's event stream keeps current.
 
-    :param issuer: the issuer URL: the exact ``iss`` required, and where metadata is fetched.
+    :param issuer: the issuer URL: the exact ``iss`` required, and where metadata is fetched
+        (unless an ``announcer`` speaks for it).
     :param audience: the accepted audience, or a set of them.
     :param redis_url: the Redis holding the issuer's stream; or pass ``redis``.
     :param redis: an existing ``redis.asyncio`` client (the caller keeps ownership).
+    :param announcer: upstream mode, for tokens of a hosted identity provider (Auth0, Okta,
+        Entra, Google, Keycloak...) whose keys a ``keyherald watch`` announces: the watcher's
+        base URL (its metadata and signed snapshot for ``issuer`` are read there), or its
+        pinned announcement JWKs (then pass ``snapshot_url`` too). Live, an unknown kid is
+        reported to the watcher (a miss hint); with the stream and the watcher out of reach,
+        the provider's own JWKS is fetched, single-flight, at most once per
+        ``unknown_kid_cooldown_s``.
+    :param miss_hint_interval_s: upstream mode: at most one miss hint per this many seconds;
+        keep it below the watcher's cooldown.
     :param snapshot_url: overrides the metadata's ``snapshot_uri`` (the signed key-set
         snapshot); with pinned ``announcement_keys`` too, the metadata is never fetched.
     :param stream: overrides the stream key the metadata announces.
@@ -137,6 +149,8 @@ class Verifier:
         registry: CollectorRegistry | None = REGISTRY,
         token_cache_size: int = constants.token_cache_size,
         freshness_bound_s: float | None = None,
+        announcer: str | Sequence[Mapping[str, Any]] | None = None,
+        miss_hint_interval_s: float = constants.miss_hint_interval_s,
     ) -> None:
         if (redis_url is None) == (redis is None):
             raise ValueError("pass exactly one of redis_url and redis")
@@ -155,6 +169,20 @@ class Verifier:
                 f"heartbeat_ttl_s ({heartbeat_ttl_s}) must exceed "
                 f"heartbeat_interval_s ({heartbeat_interval_s})"
             )
+        self._announcer_url: str | None = None
+        if isinstance(announcer, str):
+            self._announcer_url = announcer
+        elif announcer is not None:
+            if announcement_keys is not None:
+                raise ValueError("pass the announcement keys once: announcer or announcement_keys")
+            if snapshot_url is None:
+                raise ValueError(
+                    "announcer given as pinned keys needs snapshot_url (the watcher's signed "
+                    "snapshot of this issuer)"
+                )
+            announcement_keys = list(announcer)
+        self._upstream = announcer is not None
+        self._hint_interval_s = _positive("miss_hint_interval_s", miss_hint_interval_s)
         self.issuer = issuer
         self.options = VerifyOptions(
             issuer=issuer, audience=audience, algorithms=algorithms, leeway_s=leeway_s, typ=typ
@@ -217,6 +245,8 @@ class Verifier:
         self._own_http: httpx.AsyncClient | None = None
         self._presence: Presence | None = None
         self._refresher: JwksRefresher | None = None
+        self._hints: MissHints | None = None
+        self._fallback: UpstreamFallback | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -253,7 +283,22 @@ class Verifier:
             )
         if self._http is None:
             self._http = self._own_http = clients.acquire_http(constants.http_timeout_s)
-        self._jwks = JwksClient(self._http, self.issuer, snapshot_url=self._snapshot_url)
+        snapshot_url, metadata_url = self._snapshot_url, None
+        if self._announcer_url is not None:
+            base = announcer_base(self._announcer_url, self.issuer)
+            snapshot_url = snapshot_url or base + constants.SNAPSHOT_PATH
+            metadata_url = base + constants.METADATA_PATH
+        self._jwks = JwksClient(
+            self._http, self.issuer, snapshot_url=snapshot_url, metadata_url=metadata_url
+        )
+        if self._upstream:
+            self._fallback = UpstreamFallback(
+                self._http, self.issuer, self._clock, self._cooldown_s
+            )
+            self._hints = MissHints(
+                self._redis, self.issuer, self.instance_id, self._clock, self._hint_interval_s
+            )
+            self._hints.bind(asyncio.get_running_loop(), self._spawn)
         self._announcement_keys: Mapping[str, Ed25519PublicKey] = {}
         self._refresher = refresher = JwksRefresher(
             client=self._jwks,
@@ -266,10 +311,11 @@ class Verifier:
             announcement_keys=lambda: self._announcement_keys,
             reload_announcement_keys=self._refresh_announcement_keys,
             leeway_s=self._leeway_s,
+            fallback=self._fall_back if self._upstream else None,
         )
         refresher.bind(asyncio.get_running_loop(), self._spawn)
         metadata: Metadata | None = None
-        if self._pinned is None or self._snapshot_url is None:
+        if self._pinned is None or snapshot_url is None:
             metadata = await self._jwks.fetch_metadata()
         pinned = (
             self._pinned if self._pinned is not None else metadata and metadata.announcement_keys
@@ -299,7 +345,9 @@ class Verifier:
         try:
             await self._follower.resync("bootstrap")
             synced = True
-        except (RedisError, OSError) as e:
+        except (RedisError, OSError, FetchError) as e:
+            if isinstance(e, FetchError) and not self._upstream:
+                raise
             logger.warning("stream %s unreachable at start (%s), degraded", stream, e)
             await refresher.refresh("bootstrap")
             synced = False
@@ -335,6 +383,8 @@ class Verifier:
         self._running = False
         tasks, self._tasks = self._tasks, set()
         inflight = self._refresher.unbind() if self._refresher is not None else None
+        if self._hints is not None:
+            self._hints.unbind()
         if inflight is not None:
             tasks.add(inflight)
         for task in tasks:
@@ -414,8 +464,11 @@ class Verifier:
                 tokens.put(token, view.keys[kid], kid, claims, payload)
         except KeyNotFound as e:
             self._count(e.reason)
-            if e.reason == "unknown_kid" and self._refresher is not None and not self._is_live(now):
-                self._refresher.request("unknown_kid")
+            if e.reason == "unknown_kid" and self._refresher is not None:
+                if not self._is_live(now):
+                    self._refresher.request("unknown_kid")
+                elif self._hints is not None and e.kid is not None:
+                    self._hints.report(e.kid)
             raise
         except InvalidToken as e:
             self._count(e.reason)
@@ -438,6 +491,31 @@ class Verifier:
         if changed:
             self._version_gauge.set(self.keyset.version)
             self._dirty.set()
+
+    async def _fall_back(self, trigger: str) -> bool:
+        """Upstream mode, announcer out of reach: add the provider's own keys (fetched over
+        TLS from the provider, as any JWKS client would) to those held."""
+        assert self._fallback is not None
+        try:
+            keys = await self._fallback.fetch()
+        except FetchError:
+            self._metrics.child(self._metrics.jwks_fetches, "upstream", "error").inc()
+            raise
+        if keys is None:
+            return False  # inside the cooldown
+        self._metrics.child(self._metrics.jwks_fetches, "upstream", "ok").inc()
+        now = self._clock()
+        self._confirmed_at = now
+        added = self.keyset.overlay(keys.keys, now)
+        if added:
+            logger.warning(
+                "announcer unreachable (%s): %d keys from the provider's own JWKS",
+                trigger,
+                len(added),
+                extra={"kids": added},
+            )
+            self._dirty.set()
+        return bool(added)
 
     async def _refresh_announcement_keys(self) -> bool:
         # An issuer started on an empty store draws a new announcement key; a snapshot signed

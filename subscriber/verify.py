@@ -256,7 +256,9 @@ def _verified(
         )
     key = keys.get(kid)
     if key is None:
-        raise KeyNotFound(f"no key {kid!r}", reason="unknown_kid")
+        error = KeyNotFound(f"no key {kid!r}", reason="unknown_kid")
+        error.kid = kid
+        raise error
     if alg != key.alg:
         raise BadSignature(f"token alg {alg!r} is not the key's {key.alg!r}", reason="alg_mismatch")
     payload, signature = b64_std_decode_pair(payload_segment, signature_segment)
