@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "status": ("keyherald.status", "show the issuer's keys, the plan, and who holds which key"),
     "verify": ("keyherald.verify_cmd", "verify one token against a running issuer and explain"),
     "issuer": ("issuer.cli", "serve the key authority (JWKS, metadata, admin API, scheduler)"),
+    "watch": ("watcher.cli", "announce Auth0, Okta, Entra, Google, Keycloak or Cognito keys"),
     "relay": ("relay.cli", "deliver key-rotation events to partner webhooks, signed and ordered"),
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

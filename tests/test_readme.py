@@ -29,6 +29,13 @@ def test_every_relay_setting_is_documented() -> None:
         assert f"KEYHERALD_RELAY_{name.upper()}`" in README, name
 
 
+def test_every_watch_setting_is_documented() -> None:
+    from watcher.settings import WatchSettings
+
+    for name in WatchSettings.model_fields:
+        assert f"`KEYHERALD_WATCH_{name.upper()}`" in README, name
+
+
 def test_every_demo_setting_is_documented() -> None:
     from keyherald.demo.settings import DemoSettings
 

@@ -24,3 +24,5 @@ retire_hold_s: Final = 900.0
 http_timeout_s: Final = 10.0
 #: Response bodies larger than this are refused (a JWKS is a few kilobytes).
 max_document_bytes: Final = 512 * 1024
+#: Events stay on the stream at least this long (and at least the retire hold).
+min_stream_retention_s: Final = 86_400.0
