@@ -1,5 +1,6 @@
 """``keyherald watch``: help documents every setting; a bad environment exits 2 with one line."""
 
+import base64
 import logging
 import os
 
@@ -8,7 +9,7 @@ import pytest
 from keyherald.cli import main
 from watcher.settings import WatchSettings
 
-KEK = "A" * 43 + "="
+KEK = base64.b64encode(bytes(range(7, 39))).decode()
 
 
 @pytest.fixture(autouse=True)
