@@ -71,3 +71,19 @@ def test_relay_reports_every_missing_setting_by_its_variable() -> None:
         "keyherald relay: KEYHERALD_RELAY_ISSUER is not set",
         "keyherald relay: KEYHERALD_RELAY_ADMIN_TOKEN is not set",
     ]
+
+
+def test_a_demo_role_with_a_bad_setting_says_which_in_one_line() -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KEYHERALD_DEMO_REQUESTS_PER_S": "-3"}
+    done = subprocess.run(
+        [sys.executable, "-m", "keyherald.cli", "demo", "loadgen"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "KEYHERALD_DEMO_REQUESTS_PER_S" in lines[0], done.stderr
+    assert "Traceback" not in done.stderr

@@ -68,6 +68,6 @@ def run(args: argparse.Namespace) -> int:
 
     # One log line per request would bury everything else in the demo's logs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    app = create_app(DemoSettings(), args.name)
+    app = create_app(DemoSettings.load(), args.name)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -281,6 +281,6 @@ def run(args: argparse.Namespace) -> int:
     # One log line per request would bury everything else in the demo's logs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    app = create_app(LoadGenerator(DemoSettings()))
+    app = create_app(LoadGenerator(DemoSettings.load()))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     # One log line per request would bury everything else in the demo's logs.
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
-    settings = DemoSettings()
+    settings = DemoSettings.load()
     public_url = settings.demo_partner_url or f"http://127.0.0.1:{args.port}/webhook"
     app = create_app(settings, public_url)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")

@@ -6,8 +6,10 @@ few of their own, all prefixed ``KEYHERALD_DEMO_``. docker-compose.yml sets them
 ``deploy/keyherald.env``; ``keyherald demo`` sets them for its children.
 """
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from keyherald.errors import ConfigurationError, settings_problems
 
 
 class DemoSettings(BaseSettings):
@@ -37,6 +39,18 @@ class DemoSettings(BaseSettings):
     demo_requests_per_s: float = Field(default=20.0, description="loadgen request rate", gt=0)
     demo_token_ttl_s: float = Field(default=10.0, description="ttl_s of minted tokens", gt=0)
     demo_heartbeat_s: float = Field(default=1.0, description="verifier heartbeat interval", gt=0)
+
+    @classmethod
+    def load(cls) -> "DemoSettings":
+        """The settings from the environment.
+
+        :raises ConfigurationError: one line per bad variable, by its environment name.
+        """
+        try:
+            return cls()
+        except ValidationError as e:
+            secret = frozenset({"admin_token", "relay_admin_token"})
+            raise ConfigurationError(*settings_problems(e, "KEYHERALD_", secret=secret)) from e
 
     @property
     def api_urls(self) -> list[str]:
