@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse, Response
 
@@ -35,6 +36,7 @@ from subscriber.clock import Clock, system_clock
 from subscriber.constants import JWKS_PATH, METADATA_PATH, SNAPSHOT_PATH
 
 from .auth import admin_dependency
+from .metrics import integrity_registry
 from .authority import Applied, Authority
 from .errors import IllegalTransition, StoreTampered, UnknownKey
 from .jwks import etag_matches
@@ -254,6 +256,12 @@ def _admin_router(
         dependencies=[Depends(admin_dependency(token))],
         responses=_UNAUTHORIZED,
     )
+
+    @admin.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(
+            generate_latest(integrity_registry(authority)), media_type=CONTENT_TYPE_LATEST
+        )
 
     @admin.get("/keys", summary="Every key with its state and timestamps")
     async def list_keys() -> list[KeyView]:

@@ -103,6 +103,8 @@ class Ledger:
         self._signed: SignedSnapshot | None = None
         #: Reads of the store that failed authentication (exported as a metric by the apps).
         self.tamper_count = 0
+        #: Restores from the high-water mark, by reason (``store_behind``, ``tampered``, ...).
+        self.restores: dict[str, int] = {}
 
     # -- what a subclass decides -----------------------------------------------------------
 
@@ -235,6 +237,7 @@ class Ledger:
             replace=True,
         )
         self.hwm.advance(Snapshot.from_raw(meta, held.raw_keys))
+        self.restores[reason] = self.restores.get(reason, 0) + 1
         self.log.error(
             "key store restored from the high-water mark (%s): epoch %s, version %s -> %s",
             reason,

@@ -61,6 +61,12 @@ async def test_injected_key_is_never_served_nor_trusted(issuer: Issuer) -> None:
         assert verifier.verify(genuine)["sub"] == "u1"
         assert pair.kid not in await public_kids(issuer)
         assert pair.kid not in (await issuer.redis.hgetall(keys_hash(ISSUER))).keys()
+        # Operators see it: the tampering and the restore are counted.
+        admin = {"Authorization": "Bearer t0ken-for-tests"}
+        text = (await issuer.http.get("/admin/metrics", headers=admin)).text
+        assert "keyherald_issuer_store_tampered_total 1.0" in text
+        assert 'keyherald_issuer_store_restores_total{reason="tampered"} 1.0' in text
+        assert (await issuer.http.get("/admin/metrics")).status_code == 401
 
 
 async def test_injected_key_on_a_fresh_issuer_is_a_503_not_a_key(
