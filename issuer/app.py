@@ -27,20 +27,20 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from keyherald.body_limit import BodyLimit, admin_body_max_bytes
 from subscriber.clock import Clock, system_clock
 from subscriber.constants import JWKS_PATH, METADATA_PATH, SNAPSHOT_PATH
 
 from .auth import admin_dependency
-from .metrics import integrity_registry
 from .authority import Applied, Authority
 from .errors import IllegalTransition, StoreTampered, UnknownKey
 from .jwks import etag_matches
 from .kek import Kek
+from .metrics import integrity_registry
 from .models import (
     ChangeView,
     ErrorView,
