@@ -134,6 +134,7 @@ def create_app(
     _add_error_handlers(app)
     _add_public_routes(app, authority, published)
     app.include_router(_admin_router(authority, published, signer, _secret(settings)))
+    app.include_router(_metrics_router(authority, _secret(settings)))
     return app
 
 
@@ -242,6 +243,17 @@ def _add_public_routes(app: FastAPI, authority: Authority, published: PublishedD
         return Response(body, media_type="application/json", headers={"Cache-Control": "no-cache"})
 
 
+def _metrics_router(authority: Authority, token: str | None) -> APIRouter:
+    admin = APIRouter(prefix="/admin", dependencies=[Depends(admin_dependency(token))])
+
+    @admin.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        registry = integrity_registry(authority)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return admin
+
+
 def _admin_router(
     authority: Authority, published: PublishedDocuments, signer: Signer, token: str | None
 ) -> APIRouter:
@@ -256,12 +268,6 @@ def _admin_router(
         dependencies=[Depends(admin_dependency(token))],
         responses=_UNAUTHORIZED,
     )
-
-    @admin.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
-        return Response(
-            generate_latest(integrity_registry(authority)), media_type=CONTENT_TYPE_LATEST
-        )
 
     @admin.get("/keys", summary="Every key with its state and timestamps")
     async def list_keys() -> list[KeyView]:
