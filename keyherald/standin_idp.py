@@ -17,7 +17,10 @@ It is a plain ASGI app (``idp`` itself), so tests may also reach it through
 - ``/.well-known/jwks.json``: ``Cache-Control: public, max-age=N``, a strong ``ETag`` and a
   ``Last-Modified`` that change only when the key set does, ``304`` to a matching
   ``If-None-Match`` (or, without one, ``If-Modified-Since``); scripted failures (``429``/
-  ``503`` with ``Retry-After``) through :meth:`StandInIdP.fail_next`.
+  ``503`` with ``Retry-After``) through :meth:`StandInIdP.fail_next`;
+- ``POST /oauth/token``: a JSON object of claims (``ttl_s`` sets the lifetime) in, a token
+  signed by the signing key out (``{"access_token": ..., "token_type": "Bearer"}``), for the
+  demo's load generator. No client authentication: loopback only, never a real IdP.
 
 Every request is counted (:attr:`StandInIdP.requests`, per path, and the ``304`` answers).
 The private keys never leave the object; this is a test fixture, not an identity provider.
@@ -42,10 +45,13 @@ from subscriber.clock import Clock, system_clock
 
 from .redis_server import free_port
 
-__all__ = ["StandInIdP"]
+__all__ = ["DISCOVERY_PATH", "JWKS_PATH", "TOKEN_PATH", "StandInIdP"]
 
 DISCOVERY_PATH = "/.well-known/openid-configuration"
 JWKS_PATH = "/.well-known/jwks.json"
+TOKEN_PATH = "/oauth/token"
+#: Largest token request body read (claims of a test token).
+MAX_TOKEN_REQUEST_BYTES = 4096
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -188,6 +194,8 @@ class StandInIdP:
             await _reply(logged, 200, body, {"cache-control": "public, max-age=3600"})
         elif path == JWKS_PATH:
             await self._jwks(logged, headers)
+        elif path == TOKEN_PATH and scope["method"] == "POST":
+            await self._token(logged, receive)
         else:
             await _reply(logged, 404, b'{"error":"not_found"}', {})
 
@@ -213,6 +221,28 @@ class StandInIdP:
             await _reply(send, 304, b"", caching)
             return
         await _reply(send, 200, self._body, caching)
+
+    async def _token(self, send: Send, receive: Receive) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if len(body) > MAX_TOKEN_REQUEST_BYTES:
+                await _reply(send, 413, b'{"error":"request_too_large"}', {})
+                return
+            if not message.get("more_body"):
+                break
+        try:
+            claims = json.loads(body or b"{}")
+            if not isinstance(claims, dict):
+                raise ValueError("not an object")
+            ttl_s = float(claims.pop("ttl_s", 300.0))
+        except (ValueError, TypeError):
+            await _reply(send, 400, b'{"error":"invalid_request"}', {})
+            return
+        token = self.mint(claims, ttl_s=ttl_s)
+        answer = {"access_token": token, "token_type": "Bearer", "expires_in": int(ttl_s)}
+        await _reply(send, 200, json.dumps(answer).encode(), {"cache-control": "no-store"})
 
     @asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int | None = None) -> AsyncIterator[str]:

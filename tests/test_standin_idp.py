@@ -1,9 +1,11 @@
 """The stand-in IdP over real HTTP on 127.0.0.1: caching headers, 304s, rotations, tokens."""
 
+import time
+
 import httpx
 import pytest
 
-from keyherald.standin_idp import DISCOVERY_PATH, JWKS_PATH, StandInIdP
+from keyherald.standin_idp import DISCOVERY_PATH, JWKS_PATH, TOKEN_PATH, StandInIdP
 from subscriber.errors import InvalidToken
 from subscriber.provider_jwks import load_provider_jwks
 from subscriber.verify import VerifyOptions, verify_token
@@ -69,3 +71,21 @@ async def test_the_watcher_follows_it_over_real_http() -> None:
         assert [k.kid for k in (await poller.poll()).added] == [kid]
         assert not await poller.poll()
         assert idp.not_modified == 1 and poller.client.requests == 4  # discovery + 3 JWKS
+
+
+async def test_the_token_endpoint_mints_with_the_signing_key_and_refuses_bad_bodies() -> None:
+    idp = StandInIdP(alg="ES256")
+    async with idp.serve() as url, httpx.AsyncClient(base_url=url) as http:
+        answer = await http.post(TOKEN_PATH, json={"sub": "u", "aud": "api", "ttl_s": 5})
+        assert answer.status_code == 200 and answer.json()["expires_in"] == 5
+        token = answer.json()["access_token"]
+        keys = load_provider_jwks(idp.jwks).keys
+        claims = verify_token(token, keys, VerifyOptions(issuer=url, audience="api"), time.time())
+        assert claims["exp"] - claims["iat"] == 5 and claims["sub"] == "u"
+        kid = idp.rotate_at_once()
+        token = (await http.post(TOKEN_PATH, json={"aud": "api"})).json()["access_token"]
+        assert token.split(".")[0] == idp.mint({}).split(".")[0]  # the new key signs
+        assert kid == idp.signing.kid
+        assert (await http.post(TOKEN_PATH, content=b"[1]")).status_code == 400
+        assert (await http.post(TOKEN_PATH, content=b"{" * 5000)).status_code == 413
+        assert (await http.get(TOKEN_PATH)).status_code == 404

@@ -32,6 +32,7 @@ def create_app(settings: DemoSettings, name: str) -> FastAPI:
         service=name,
         heartbeat_interval_s=heartbeat_s,
         heartbeat_ttl_s=max(3 * heartbeat_s, 2.0),
+        announcer=settings.demo_announcer or None,
     )
 
     @asynccontextmanager

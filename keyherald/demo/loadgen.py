@@ -1,6 +1,7 @@
 """``keyherald demo loadgen``: mint tokens through the issuer and call the verifying services.
 
-Tokens are minted with ``POST /admin/tokens`` (so always by the active key) and kept in a pool
+Tokens are minted with ``POST /admin/tokens`` (so always by the active key; in upstream mode
+by the stand-in IdP's token endpoint, ``KEYHERALD_DEMO_TOKEN_URL``) and kept in a pool
 until shortly before they expire; each request uses a token picked at random from the pool, so
 tokens of a key that has just stopped signing keep being presented throughout its grace period,
 which is where a careless rotation breaks.
@@ -148,12 +149,16 @@ class LoadGenerator:
             "aud": self.settings.demo_audience,
             "ttl_s": self.settings.demo_token_ttl_s,
         }
+        upstream = self.settings.demo_token_url
         try:
-            response = await client.post(
-                f"{self._issuer}/admin/tokens", json=body, headers=self._admin
-            )
+            if upstream:  # the stand-in IdP's token endpoint
+                response = await client.post(upstream, json=body)
+            else:
+                response = await client.post(
+                    f"{self._issuer}/admin/tokens", json=body, headers=self._admin
+                )
             response.raise_for_status()
-            token = response.json()["token"]
+            token = response.json()["access_token" if upstream else "token"]
             self.pool.append(PooledToken(token, token_kid(token), token_exp(token)))
             self.stats.minted += 1
         except (httpx.HTTPError, KeyError, ValueError) as e:

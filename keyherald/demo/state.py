@@ -64,6 +64,8 @@ class DemoState:
     #: kids revoked, as the stream announced them.
     revoked: set[str] = field(default_factory=set)
     messages: list[tuple[float, str]] = field(default_factory=list)
+    #: ``--upstream``: the watcher's request counts and the measured arrivals (None otherwise).
+    upstream: dict[str, Any] | None = None
 
     def note(self, message: str) -> None:
         """A line for the live view's log and the plain output."""
@@ -157,6 +159,7 @@ class DemoState:
             "revocation_propagation_s": rev.propagation_s if rev else None,
             "revocation_cache_dropped_s": rev.cache_drop_s if rev else None,
             "elapsed_s": round(time.time() - self.started_at, 1),
+            "upstream": self.upstream,
         }
 
     def succeeded(self) -> bool:

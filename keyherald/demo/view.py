@@ -63,6 +63,26 @@ def describe(event: Event) -> str:
     return f"v{event.version} {event.type} kid={short(event.kid)} {extra}"
 
 
+def _range(values: list[float], fmt: str) -> str:
+    return "-" if not values else f"{min(values):{fmt}}-{max(values):{fmt}}"
+
+
+def upstream_lines(state: DemoState) -> list[str]:
+    """The figures of ``--upstream`` that the issuer demo does not have."""
+    u = state.upstream or {}
+    added = sum(1 for e in state.events if e.type == "key-added")
+    pushes = u.get("push_ms") or []
+    return [
+        f"events published by watcher: {len(state.events)} ({added} key-added, "
+        f"{state.retirements} key-retired)",
+        f"upstream requests:           {u.get('requests', 0)} by the one watcher "
+        f"({u.get('not_modified', 0)} answered 304), JWKS max-age {u.get('max_age_s')}s",
+        f"IdP publishes -> watcher:    {_range(u.get('poll_s') or [], '.1f')} s (its poll)",
+        f"watcher -> both caches:      {_range(pushes, '.0f')} ms (median "
+        f"{u.get('push_p50_ms') or 0:.0f} ms over {len(pushes)} keys)",
+    ]
+
+
 def summary_lines(state: DemoState) -> list[str]:
     """The closing summary, one figure a line."""
     s = state.summary()
@@ -85,6 +105,8 @@ def summary_lines(state: DemoState) -> list[str]:
         revocation if prop is not None or dropped is not None else "revocation: not seen",
         f"elapsed:                     {s['elapsed_s']}s",
     ]
+    if state.upstream is not None:  # no issuer, relay, partner or revocation in this mode
+        lines = [*lines[:3], *upstream_lines(state), lines[-1]]
     verdict = "OK" if state.succeeded() else "FAILED"
     return [f"summary: {verdict}", *("  " + line for line in lines)]
 

@@ -1,4 +1,5 @@
-"""``keyherald demo`` end to end: a short run on an embedded Redis, and a clean Ctrl-C/SIGTERM."""
+"""``keyherald demo`` end to end: a short run on an embedded Redis (and one with ``--upstream``),
+and a clean Ctrl-C/SIGTERM."""
 
 import os
 import re
@@ -72,6 +73,35 @@ def test_short_demo_run_rotates_with_no_valid_token_rejected() -> None:
     assert delivered > 0
     assert "out of order: 0, bad signatures: 0" in out
     assert elapsed < 90
+
+
+@pytest.mark.timeout(120)
+def test_short_upstream_demo_run_rotates_like_auth0_with_no_valid_token_rejected() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "keyherald.cli", "demo", "--upstream", "--fast", "--rotations", "2"],
+        env=demo_env(),
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr[-3000:]
+    assert "summary: OK" in out
+    assert re.search(r"rotations done:\s+2 \(wanted 2\)", out)
+    assert re.search(r"valid tokens rejected:\s+0$", out, re.M)
+    verified, old_key = map(int, re.search(r"tokens verified:\s+(\d+) \((\d+)", out).groups())
+    assert verified > 50
+    assert old_key > 0, "tokens of the key that stopped signing must verify until they expire"
+    # The IdP's first key and one per rotation announced; each removed key retired.
+    assert "events published by watcher: 5 (3 key-added, 2 key-retired)" in out
+    requests, not_modified = map(
+        int,
+        re.search(
+            r"upstream requests:\s+(\d+) by the one watcher \((\d+) answered 304", out
+        ).groups(),
+    )
+    assert 0 < not_modified < requests
+    assert re.search(r"watcher -> both caches:\s+\d+-\d+ ms \(median \d+ ms over 2 keys\)", out)
 
 
 def check_status_and_verify(env_file: Path) -> None:
