@@ -133,8 +133,7 @@ class KeySet:
         refused = self._continuity(event)
         if refused is not None:
             return refused
-        entries = advance(view.entries, event)
-        digest = self.digest_of(view.epoch, event.version, entries) if view.epoch else None
+        entries, digest = self._advanced(view, event)
         if event.digest is not None and digest != event.digest:
             return Outcome.FORK
         keys, gone = dict(view.keys), dict(view.gone)
@@ -166,6 +165,24 @@ class KeySet:
             digest=digest,
         )
         return Outcome.APPLIED
+
+    def _advanced(
+        self, view: KeyView, event: Event
+    ) -> tuple[Mapping[str, DigestEntry], str | None]:
+        """The entries and digest after ``event``, computed once per process for one state:
+        verifiers of one issuer in a process hold the same view and share parsed events, so
+        the second one to apply an event reuses the first one's result (same input digest,
+        the very same event object)."""
+        cache_key = (self.issuer, view.digest, id(event))
+        hit = _advanced_cache.get(cache_key)
+        if hit is not None and hit[0] is event and view.digest is not None:
+            return hit[1], hit[2]
+        entries = advance(view.entries, event)
+        digest = self.digest_of(view.epoch, event.version, entries) if view.epoch else None
+        if len(_advanced_cache) >= _ADVANCED_MAX:
+            _advanced_cache.clear()
+        _advanced_cache[cache_key] = (event, entries, digest)
+        return entries, digest
 
     def _continuity(self, event: Event) -> Outcome | None:
         """Why ``event`` cannot be applied to our view as the next step, or ``None``."""
@@ -301,6 +318,13 @@ class KeySet:
         )
         return True
 
+
+# (issuer, digest before, id(event)) -> (event, entries after, digest after). Holding the event
+# keeps its id from being reused; cleared when full, like the caches below.
+_ADVANCED_MAX = 256
+_advanced_cache: dict[
+    tuple[str, str | None, int], tuple[Event, Mapping[str, DigestEntry], str | None]
+] = {}
 
 # Parsed keys by their JWK: every verifier in a process that learns a key shares one parsed
 # (immutable, thread-safe) object instead of re-parsing and re-checking the point.
