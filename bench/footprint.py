@@ -13,10 +13,11 @@ It prints, beside each target of issue 15:
 - **memory per additional verifier**: resident set growth from the first verifier to the
   last, divided by N - 1 (the first one pays the imports);
 - **cold start per additional verifier**: mean ``start()`` time of verifiers 2..N;
-- **idle Redis commands/s per verifier**: Redis ``INFO commandstats`` over an idle window
-  (no events), divided by N;
-- **idle CPU of the N verifiers**: this process's CPU time over the same window, as a
-  fraction of one core.
+- **idle CPU of the N verifiers**: this process's CPU time over an idle window (no
+  events; the issuer still writes its freshness record), as a fraction of one core;
+- **idle Redis commands/s per verifier**: over a second idle window, the commands Redis
+  receives from this process's connections (``MONITOR``; not the calls a Lua script makes,
+  not the issuer's), divided by N.
 
     python bench/footprint.py                  # N = 200, 10 s idle window
     python bench/footprint.py --verifiers 1000 --idle 20
@@ -75,8 +76,31 @@ def start_issuer(redis_url: str) -> tuple[subprocess.Popen[bytes], str]:
         time.sleep(0.1)
 
 
-def commands_processed(client: "redis.Redis[bytes]") -> int:
-    return int(client.info("stats")["total_commands_processed"])
+_END = "keyherald-footprint-window-end"
+
+
+def client_commands(redis_url: str, ports: set[int]) -> int:
+    """Commands Redis receives from connections on ``ports`` until ``ECHO _END`` arrives."""
+    client = redis.Redis.from_url(redis_url)
+    count = 0
+    with client.monitor() as monitor:
+        while True:
+            command = monitor.next_command()
+            if command.get("command") == f"ECHO {_END}":
+                break
+            port = int(command.get("client_port") or 0)
+            if command.get("client_type") != "lua" and port in ports:
+                count += 1
+    client.close()
+    return count
+
+
+def local_ports(me: psutil.Process, redis_port: int) -> set[int]:
+    return {
+        c.laddr.port
+        for c in me.net_connections(kind="tcp")
+        if c.raddr and c.raddr.port == redis_port
+    }
 
 
 async def run(issuer: str, redis_url: str, n: int, idle_s: float) -> dict[str, float]:
@@ -97,14 +121,16 @@ async def run(issuer: str, redis_url: str, n: int, idle_s: float) -> dict[str, f
         await asyncio.sleep(1.0)  # first heartbeats and blocking reads settle
         gc.collect()
         rss_after_all = me.memory_info().rss
-        probe = redis.Redis.from_url(redis_url)
-        commands_before = commands_processed(probe)
         cpu_before, wall_before = me.cpu_times(), time.perf_counter()
         await asyncio.sleep(idle_s)
         cpu_after, wall_after = me.cpu_times(), time.perf_counter()
-        # The probe's own INFO call counts once; take it out.
-        commands = commands_processed(probe) - commands_before - 1
-        probe.close()
+        # A second window: MONITOR's parsing runs in this process and must not count as CPU.
+        ports = local_ports(me, int(redis_url.rsplit(":", 1)[1].split("/")[0]))
+        counting = asyncio.ensure_future(asyncio.to_thread(client_commands, redis_url, ports))
+        await asyncio.sleep(idle_s)
+        with redis.Redis.from_url(redis_url) as marker:
+            marker.echo(_END)
+        commands = await counting
     finally:
         await asyncio.gather(*(v.aclose() for v in verifiers))
     cpu = (cpu_after.user - cpu_before.user) + (cpu_after.system - cpu_before.system)
@@ -114,7 +140,7 @@ async def run(issuer: str, redis_url: str, n: int, idle_s: float) -> dict[str, f
         "mem_mib": (rss_after_all - rss_after_first) / max(1, n - 1) / MiB,
         "start_ms": sum(others) / len(others) * 1e3,
         "first_ms": starts[0] * 1e3,
-        "commands_per_s": commands / wall / n,
+        "commands_per_s": commands / idle_s / n,
         "cpu_core": cpu / wall,
     }
 

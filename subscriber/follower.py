@@ -33,6 +33,7 @@ from .events import Event, StreamFields, parse_event
 from .history import Freshness, parse_freshness
 from .keyset import KeySet, Outcome
 from .metrics import Metrics
+from .stream_watch import acquire_watch, release_watch
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ XReadReply: TypeAlias = list[Any] | dict[Any, Any] | None
 
 #: The first id of any stream: reading after it reads everything.
 START_ID = "0-0"
+#: An idle follower wakes this often, with no command, to report the stream reachable.
+idle_wake_s = 10.0
 
 # Events already verified in this process, keyed by (issuer + announcement keys, JWS): when
 # many verifiers of one issuer share a process, each announcement's signature is checked once.
@@ -183,6 +186,14 @@ class StreamFollower:
         :param synced: the caller has just resynced (bootstrap); start following at once.
         """
         self._synced = synced
+        streams = (self.stream,) if self.fresh_stream is None else (self.stream, self.fresh_stream)
+        self._watch = acquire_watch(self.redis, streams, self.block_ms)
+        try:
+            await self._run_sessions()
+        finally:
+            await release_watch(self._watch)
+
+    async def _run_sessions(self) -> None:
         while True:
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type((RedisError, FetchError, OSError)),
@@ -259,27 +270,51 @@ class StreamFollower:
             self.last_id = entry_id
 
     async def _follow(self) -> None:
+        # The process's StreamWatch blocks for every follower (subscriber/stream_watch.py);
+        # this one takes the watch's batch when it stands where the batch starts, and reads
+        # for itself otherwise. The generation is noted before reading, so nothing written
+        # meanwhile is missed.
+        watch = self._watch
+        lost = watch.lost
+        # Once per session, after the first empty read: the watch may have started after the
+        # stream lost entries (it then knows no better position than ours).
+        checked = False
         while True:
-            streams = {self.stream: self.last_id}
+            generation, batch = watch.generation, watch.batch
+            ids = {self.stream: self.last_id}
             if self.fresh_stream is not None:
-                streams[self.fresh_stream] = self.fresh_last_id
-            reply: XReadReply = await self.redis.xread(
-                streams,  # type: ignore[arg-type]
-                count=xread_count,
-                block=self.block_ms,
-            )
-            raise_if_cancelled()
+                ids[self.fresh_stream] = self.fresh_last_id
+            if batch is not None and ids == batch[0]:
+                by_stream: dict[str, list[StreamEntry]] = batch[1]
+            elif ids == watch.position:
+                by_stream = {}  # where the watch stands: nothing newer is known
+            else:
+                reply: XReadReply = await self.redis.xread(
+                    ids,  # type: ignore[arg-type]
+                    count=xread_count,
+                )
+                raise_if_cancelled()
+                by_stream = _by_stream(reply)
             self._on_connected(True)
-            by_stream = _by_stream(reply)
             events = by_stream.get(self.stream, [])
-            if not events:
-                await self._check_stream_intact()
             for entry_id, fields in events:
                 await self._handle(_text(entry_id), fields)
-            for entry_id, fields in by_stream.get(self.fresh_stream or "", []):
+            fresh = by_stream.get(self.fresh_stream or "", [])
+            for entry_id, fields in fresh:
                 self.fresh_last_id = _text(entry_id)
                 if not self._handle_fresh(fields):
                     await self._resync_limited("freshness")
+            if events or fresh:
+                continue
+            if watch.lost != lost or not checked:
+                lost, checked = watch.lost, True
+                await self._check_stream_intact()
+                continue
+            while watch.generation == generation:
+                await watch.wait(generation, timeout_s=idle_wake_s)
+                raise_if_cancelled()
+                if watch.alive():
+                    self._on_connected(True)  # the watch's reads answer: Redis is reachable
 
     async def _check_stream_intact(self) -> None:
         # A flushed or restarted-empty Redis leaves a blocked XREAD waiting forever on a key

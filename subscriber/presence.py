@@ -42,6 +42,18 @@ return #expired
 """
 
 
+# One command per heartbeat, atomic as the MULTI/EXEC of the three it replaces (an idle
+# verifier's Redis traffic is mostly its heartbeat): prune, then list this instance.
+_BEAT = (
+    _PRUNE.replace("return #expired", "")
+    + """
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+return #expired
+"""
+)
+
+
 def new_instance_id() -> str:
     """A unique id for one verifier instance: host, pid, and a random suffix."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
@@ -101,6 +113,7 @@ class Presence:
         self._states = verifier_states(issuer)
         self._clock = clock
         self._ttl_s = ttl_s
+        self._beat = redis.register_script(_BEAT)  # EVALSHA, EVAL once if the script is new
         #: Why the last heartbeat was not written, or ``None`` once one is.
         self.error: str | None = None
 
@@ -148,11 +161,11 @@ class Presence:
     async def beat(self, record: HeartbeatRecord) -> None:
         """Publish ``record`` with a fresh expiry and prune expired instances."""
         now_ms = int(self._clock() * 1000)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.eval(_PRUNE, 2, self._index, self._states, now_ms)
-            pipe.zadd(self._index, {self.instance_id: now_ms + int(self._ttl_s * 1000)})
-            pipe.hset(self._states, self.instance_id, record.to_json())
-            await pipe.execute()
+        expires_ms = now_ms + int(self._ttl_s * 1000)
+        await self._beat(
+            keys=[self._index, self._states],
+            args=[now_ms, expires_ms, self.instance_id, record.to_json()],
+        )
 
     async def leave(self) -> None:
         """Remove this instance's record (on a clean shutdown)."""
