@@ -37,7 +37,7 @@ from subscriber.constants import JWKS_PATH, METADATA_PATH, SNAPSHOT_PATH
 
 from .auth import admin_dependency
 from .authority import Applied, Authority
-from .errors import IllegalTransition, StoreTampered, UnknownKey
+from .errors import IllegalTransition, StoreTampered, UnknownKey, VersionConflict
 from .jwks import etag_matches
 from .kek import Kek
 from .metrics import integrity_registry
@@ -181,6 +181,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def illegal(request: Request, exc: IllegalTransition) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "error": "illegal_transition"}, status_code=409)
 
+    @app.exception_handler(VersionConflict)
+    async def conflict(request: Request, exc: VersionConflict) -> JSONResponse:
+        # Only other replicas' changes can outpace the retries (this process's queue up).
+        return JSONResponse(
+            {
+                "detail": "the key set kept changing under concurrent changes; retry",
+                "error": "concurrent_change",
+            },
+            status_code=409,
+            headers={"Retry-After": "1"},
+        )
+
     @app.exception_handler(StoreTampered)
     async def tampered(request: Request, exc: StoreTampered) -> JSONResponse:
         # Logged as tampering where it was found; the caller learns only that it must wait.
@@ -259,7 +271,7 @@ def _admin_router(
 ) -> APIRouter:
     async def changed(applied: Applied) -> ChangeView:
         # The caller reads its own write: the public documents are rendered again first.
-        await published.changed()
+        published.changed()
         return ChangeView.of(applied)
 
     admin = APIRouter(

@@ -13,6 +13,7 @@ each :class:`~issuer.lifecycle.Change` and hands it to :meth:`Ledger._apply`.
   with no private key at all (an empty store starts as an empty key set at version 0).
 """
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -96,6 +97,7 @@ class Ledger:
         self.clock = clock
         self.retention_s = retention_s
         self.store = KeyStore(redis, issuer)
+        self._changing = asyncio.Lock()
         self._announce: tuple[str, str, Ed25519PrivateKey] | None = None  # epoch, kid, key
         self._mac = StateMac(kek, issuer)
         self.hwm = HighWaterMark(self._mac, state_dir)
@@ -307,6 +309,15 @@ class Ledger:
     # -- changes ---------------------------------------------------------------------------
 
     async def _apply(self, build: ChangeBuilder, *, fence: int | None = None) -> Applied | None:
+        # Changes made by this process run one at a time: concurrent admin calls queue here
+        # instead of racing each other's compare-and-set until one gives up. Other replicas'
+        # changes are still met by the retries below.
+        async with self._changing:
+            return await self._apply_unlocked(build, fence=fence)
+
+    async def _apply_unlocked(
+        self, build: ChangeBuilder, *, fence: int | None = None
+    ) -> Applied | None:
         for _ in range(MAX_COMMIT_ATTEMPTS):
             snap = await self.snapshot()
             now = self.clock()

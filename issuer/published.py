@@ -11,7 +11,8 @@ and answered with no Redis round trip, for as long as they are known to be curre
 - when a blocking read returns empty, one ``(epoch, version)`` check notices what leaves no
   event (a flushed or rebuilt store);
 - an admin change in this process calls :meth:`PublishedDocuments.changed` before it
-  answers, so its caller reads its own write.
+  answers, so its caller reads its own write (through the authority, until the follower
+  has rendered the new documents: re-rendering in the admin call doubled its cost).
 
 Whenever currency is not known (no follower: an app used without its lifespan, as tests do
 with ``httpx.ASGITransport``; Redis lost; a re-render failed), requests go through the
@@ -20,7 +21,6 @@ is unreachable.
 """
 
 import asyncio
-import contextlib
 import logging
 from typing import Any, TypeAlias
 
@@ -89,11 +89,10 @@ class PublishedDocuments:
         current = self._jwks
         return current is not None and (epoch or "", version) == (current.epoch, current.version)
 
-    async def changed(self) -> None:
-        """A change was committed in this process: render again before answering anyone."""
+    def changed(self) -> None:
+        """A change was committed in this process: answer through the authority until the
+        follower has rendered again (its event, or its next idle check, within a block)."""
         self._invalidate()
-        with contextlib.suppress(RedisError, OSError, StoreError):
-            await self._refresh()
 
     def _invalidate(self) -> None:
         self._generation += 1
