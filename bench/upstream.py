@@ -20,9 +20,9 @@ upstream. Scenarios, each a fresh IdP:
   18 h. Time-to-usable = from publication until the key is held (the watcher: it has seen the
   key; each PyJWKClient: the key is in its cached set);
 - **at once**: a new key is published and signs in the same instant at 12 h. PyJWKClient
-  fetches on the request path, in every verifier; the watcher learns it at its next poll
-  (an early fetch on a verifier's miss hint, one per cooldown for the fleet, is issue 14's
-  phase 2 and is counted here from the poller's ``fetch_soon``);
+  fetches on the request path, in every verifier; the watcher learns it at its next poll or
+  at an early fetch on the verifiers' miss hints (one per cooldown for the fleet; simulated
+  here by calls to the poller's ``fetch_soon``, measured for real below);
 "rejected" counts valid tokens refused because their key was not held and no fetch was
 allowed (PyJWT's 30 s cooldown after its last fetch; the watcher's one early fetch per 60 s).
 
@@ -31,22 +31,30 @@ allowed (PyJWT's 30 s cooldown after its last fetch; the watcher's one early fet
 
 Each scenario runs ``ROTATIONS`` (8) rotations, one per slot of the run at a seeded offset.
 
-The watcher's figure stops at "the watcher holds the key": the push from the watcher to every
-verifier's cache over the stream is what ``bench/propagation.py`` measures (milliseconds).
+Those day-scale figures are **simulated** (the clock), their HTTP requests real. The push is
+then **measured** on the wall clock (``bench/upstream_live.py``): ``keyherald watch`` as its
+own process, a private Redis, real verifiers following the stream, from the IdP publishing a
+key to every verifier holding it, with ``--live-rotations`` rotations of each kind at a short
+``max-age`` (``--live-max-age``). The day-scale time-to-usable of keyherald is the simulated
+time until the watcher holds the key plus that measured push. Each target of issue 14 is
+printed beside its measured value.
 """
 
 import argparse
 import asyncio
+import os
 import random
 import secrets
 import statistics
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import jwt
+import upstream_live
 from jwt import PyJWKClient
 
 from keyherald.standin_idp import JWKS_PATH, StandInIdP
@@ -73,8 +81,9 @@ class _SimulatedTime:
         return self._clock()
 
 
-def _patch_pyjwt_time(clock: ManualClock) -> None:
-    fake = _SimulatedTime(clock)
+def _patch_pyjwt_time(clock: ManualClock | None) -> None:
+    """PyJWT reads ``clock`` (``None``: the real ``time`` module again)."""
+    fake: Any = _SimulatedTime(clock) if clock is not None else time
     for module in ("jwt.jwks_client", "jwt.jwk_set_cache", "jwt.api_jwk"):
         mod = sys.modules.get(module)
         if mod is not None and hasattr(mod, "time"):
@@ -259,15 +268,18 @@ def _usable(values: list[float]) -> str:
     return f"{min(values):.0f}-{max(values):.0f} s (median {statistics.median(values):.0f})"
 
 
-async def main_async(args: argparse.Namespace) -> None:
+async def simulated(args: argparse.Namespace) -> dict[str, Outcome]:
+    """The day-scale rows (simulated clock); returns each row's outcome."""
     per_day = 86_400.0 / args.duration_s
     print(
-        f"upstream rotation benchmark: {args.verifiers} verifiers, a token each every "
-        f"{args.token_interval:g} s, JWKS max-age {args.max_age} s, "
-        f"{args.duration_s / HOUR_S:g} simulated hours; PyJWT {jwt.__version__}"
+        f"simulated: {args.duration_s / HOUR_S:g} hours on a ManualClock (IdP, watcher and "
+        f"PyJWT's clock), {ROTATIONS} rotations, JWKS max-age {args.max_age} s, "
+        f"{args.verifiers} verifiers with a token each every {args.token_interval:g} s; "
+        f"every HTTP request real and counted by the IdP"
     )
     print(f"{'scenario':<9} {'contender':<24} {'JWKS req/day':>12} {'304s':>6} "
-          f"{'request-path':>12} {'rejected':>8}  time-to-usable")  # fmt: skip
+          f"{'request-path':>12} {'rejected':>8}  time-to-hold")  # fmt: skip
+    outcomes = {}
     for scenario in ("lead", "at_once"):
         for side in ("watcher", "pyjwt"):
             clock = ManualClock(START)
@@ -280,17 +292,62 @@ async def main_async(args: argparse.Namespace) -> None:
                 else:
                     out = await run_watcher(idp, clock, url, args, scenario)
                     name = "watcher (fleet-wide)"
+            outcomes[f"{scenario}/{side}"] = out
             print(
                 f"{scenario:<9} {name:<24} {out.requests * per_day:>12,.0f} "
                 f"{out.not_modified * per_day:>6,.0f} {out.request_path_fetches:>12} "
                 f"{out.rejected:>8}  {_usable(out.usable_s)}"
             )
     pyjwt_n, watcher_n = await flood(args)
+    bound = int(args.flood_window // 60) + 1
     print(
         f"flood of {args.flood:,} random-kid tokens over {args.flood_window:g} s across "
         f"{args.verifiers} verifiers: PyJWKClient made {pyjwt_n} JWKS requests (30 s cooldown "
-        f"each), the watcher {watcher_n} (one early fetch per 60 s cooldown, fleet-wide)"
+        f"each), the watcher {watcher_n} (target <= 1 per 60 s cooldown = {bound})"
     )
+    return outcomes
+
+
+def measured(args: argparse.Namespace, sim: dict[str, Outcome]) -> None:
+    """The wall-clock rows, and the day-scale time-to-usable they complete."""
+    n, spread = args.verifiers, upstream_live.spread
+    _patch_pyjwt_time(None)  # the wall clock from here on
+    lead, once = asyncio.run(upstream_live.measure(n, args.live_rotations, args.live_max_age))
+    poll_bound = args.live_max_age * 1.1 + upstream_live.TICK_S
+    print(
+        f"measured (wall clock): keyherald watch as a process, a private Redis, {n} verifiers "
+        f"following the stream, {args.live_rotations} rotations of each kind"
+    )
+    print(f"lead, JWKS max-age {args.live_max_age} s:")
+    print(f"  publication -> watcher's commit      {spread(lead.poll_s, '.2f')} s"
+          f"   target <= one poll interval ({poll_bound:.1f} s)")  # fmt: skip
+    print(f"  watcher's commit -> last verifier    {spread(lead.push_ms, '.1f')} ms"
+          f"   target <= 50 ms")  # fmt: skip
+    print(f"  valid tokens refused under load      {lead.refused} of "
+          f"{lead.verified + lead.refused:,}   target 0")  # fmt: skip
+    print(f"at once, JWKS max-age 1 h, watcher cooldown {upstream_live.COOLDOWN_S} s:")
+    print(f"  upstream JWKS requests per new kid   keyherald {spread(once.fetches)}"
+          f"   target exactly 1; PyJWKClient x{n} {spread(once.pyjwt_fetches)}")  # fmt: skip
+    total_ms = [t * 1000 for t in once.total_s]
+    print(f"  publication -> last verifier         keyherald {spread(total_ms, '.1f')}"
+          f" ms (hint, fetch, push); PyJWKClient {spread(once.pyjwt_ms, '.1f')} ms"
+          f" per request-path fetch")  # fmt: skip
+    print(f"  first token at each verifier         keyherald refused {once.refused} of "
+          f"{once.refused + once.verified} (unknown kid while live: refused, hinted);"
+          f" PyJWKClient waited for its fetch")  # fmt: skip
+    push = f"{max(lead.push_ms + once.push_ms):.0f} ms"
+    print(f"time-to-usable at day scale (max-age {args.max_age} s), every verifier holding the "
+          f"key = simulated time-to-hold + measured push (<= {push}):")  # fmt: skip
+    for scenario in ("lead", "at_once"):
+        print(
+            f"  {scenario:<8} keyherald {_usable(sim[scenario + '/watcher'].usable_s)} + push; "
+            f"PyJWKClient x{n} {_usable(sim[scenario + '/pyjwt'].usable_s)} (simulated)"
+        )
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Outcome]:
+    print(f"upstream rotation benchmark; PyJWT {jwt.__version__}")
+    return await simulated(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,11 +358,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-interval", type=float, default=10.0, help="s between tokens")
     parser.add_argument("--flood", type=int, default=10_000, help="random-kid tokens")
     parser.add_argument("--flood-window", type=float, default=600.0, help="s they span")
+    parser.add_argument("--live-rotations", type=int, default=10, help="measured rotations")
+    parser.add_argument("--live-max-age", type=int, default=1, help="measured JWKS max-age (s)")
     args = parser.parse_args(argv)
     args.duration_s = 2 * HOUR_S if args.quick else 24 * HOUR_S
     if args.quick:
         args.flood = min(args.flood, 1_000)
-    asyncio.run(main_async(args))
+        args.live_rotations = min(args.live_rotations, 3)
+    sim = asyncio.run(main_async(args))
+    measured(args, sim)
+    print(f"noise: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (shared)")
     return 0
 
 
