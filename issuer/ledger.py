@@ -44,6 +44,8 @@ from .store import KeyStore, Snapshot, publish_freshness
 KEEP_ENDED_RECORDS: Final = 32
 #: Attempts at a change when other writers keep winning the compare-and-set.
 MAX_COMMIT_ATTEMPTS: Final = 20
+#: Signed commits this process keeps to write back should the store lose them.
+RECENT_COMMITS_KEPT: Final = 256
 ANNOUNCE_PURPOSE: Final = "announcement-key"
 
 #: Builds a change from the current snapshot and time; ``None`` means nothing to do.
@@ -107,6 +109,10 @@ class Ledger:
         self.tamper_count = 0
         #: Restores from the high-water mark, by reason (``store_behind``, ``tampered``, ...).
         self.restores: dict[str, int] = {}
+        #: The signed stream entries of this process's newest commits, by (epoch, version),
+        #: with the digest each one's ``prev`` names: what a restore writes back when the store
+        #: lost them, so the stream stays whole and consecutive.
+        self._recent: dict[tuple[str, int], tuple[Mapping[str, str], str | None]] = {}
 
     # -- what a subclass decides -----------------------------------------------------------
 
@@ -208,8 +214,15 @@ class Ledger:
         return "old_epoch"
 
     async def _restore(self, store_snap: Snapshot, held: Snapshot, reason: str) -> None:
-        """Write ``held`` (the high-water mark) back as the next version of its history."""
+        """Write ``held`` (the high-water mark) back: the lost commits themselves when this
+        process made them and the store is an earlier state of the same history, else the
+        held state as the next version, with a ``key-set-restored`` event."""
         assert held.epoch is not None
+        if reason in ("store_behind", "store_empty") and await self._replay_lost(
+            store_snap, held
+        ):
+            self.restores["replayed"] = self.restores.get("replayed", 0) + 1
+            return
         same_epoch = store_snap.epoch == held.epoch
         version = max(held.version, store_snap.version if same_epoch else 0) + 1
         records = list(held.keys.values())
@@ -249,6 +262,37 @@ class Ledger:
             extra={"event": KEY_SET_RESTORED, "version": version, "epoch": held.epoch},
         )
         await self.publish_freshness()
+
+    async def _replay_lost(self, store_snap: Snapshot, held: Snapshot) -> bool:
+        assert held.epoch is not None
+        start = store_snap.version if store_snap.epoch == held.epoch else 0
+        if store_snap.epoch not in (held.epoch, None):
+            return False
+        lost = [self._recent.get((held.epoch, v)) for v in range(start + 1, held.version + 1)]
+        if not lost or any(entry is None for entry in lost):
+            return False
+        first_prev = lost[0][1] if lost[0] is not None else None
+        if start and store_snap.meta.get("digest") != first_prev:
+            return False  # the store holds another state at that version: not ours to extend
+        await self.store.commit(
+            expected_version=store_snap.meta.get("version", "0"),
+            expected_epoch=store_snap.epoch,
+            records=list(held.keys.values()),
+            events=[entry[0] for entry in lost if entry is not None],
+            retention_s=self.retention_s,
+            meta=held.meta,
+            new_version=held.version,
+            replace=True,
+        )
+        self.log.error(
+            "key store lost versions %s..%s (%s): the signed commits written back",
+            start + 1,
+            held.version,
+            "flushed" if store_snap.epoch is None else "behind",
+            extra={"version": held.version, "epoch": held.epoch},
+        )
+        await self.publish_freshness()
+        return True
 
     async def announcement_jwks(self) -> list[dict[str, Any]]:
         """The public JWK(s) of the announcement key that signs stream events, derived from
@@ -354,17 +398,22 @@ class Ledger:
         if events[-1].digest != public_digest(self.issuer, epoch, new_version, after_records):
             raise AssertionError("the events do not lead to the committed key set")  # a bug
         sealed = self._mac.sealed_meta(base_meta, raw_after, after_records, version=new_version)
+        signed = [sign_event(e, signing_key, announce_kid) for e in events]
         version = await self.store.commit(
             expected_version=snap.version,
             expected_epoch=snap.epoch,
             records=change.records,
-            events=[sign_event(e, signing_key, announce_kid) for e in events],
+            events=signed,
             retention_s=self.retention_s,
             meta=sealed,
             fence=fence,
             forget=forget,
         )
         self.hwm.advance(Snapshot.from_raw(sealed, raw_after))
+        for event, fields in zip(events, signed, strict=True):
+            self._recent[(epoch, event.version)] = (fields, event.prev)
+        while len(self._recent) > RECENT_COMMITS_KEPT:
+            del self._recent[next(iter(self._recent))]
         for event in events:
             self.log.info(
                 "%s kid=%s version=%s",

@@ -158,19 +158,43 @@ async def test_works_with_a_decoding_client(redis_url: str, clock: ManualClock, 
         await client.aclose()
 
 
-async def test_store_lost_under_a_running_issuer_is_restored_with_the_same_keys(
+async def test_store_lost_under_the_issuer_that_wrote_it_gets_its_signed_commits_back(
     authority: Authority, redis: aioredis.Redis
 ) -> None:
+    await authority.rotate()
     before = await authority.snapshot()
-    announce = await authority.announcement_jwks()
+    written = await stream_events(redis, authority)
     await redis.flushdb()
     after = await authority.snapshot()
+    # The very commits, re-appended: same versions, same event ids, same digests.
+    assert (after.epoch, after.version, after.meta["digest"]) == (
+        before.epoch, before.version, before.meta["digest"],
+    )  # fmt: skip
+    assert await stream_events(redis, authority) == written
+    assert {k: r.state for k, r in after.keys.items()} == {
+        k: r.state for k, r in before.keys.items()
+    }
+
+
+async def test_store_lost_under_a_replica_is_restored_as_the_next_version(
+    authority: Authority, redis: aioredis.Redis, clock
+) -> None:
+    from issuer.app import create_app
+    from tests.issuer.conftest import make_settings
+
+    before = await authority.snapshot()
+    announce = await authority.announcement_jwks()
+    # Another replica that read the store but wrote none of it: no commits to write back.
+    replica = create_app(settings=make_settings(), redis=redis, clock=clock, run_scheduler=False)
+    await replica.state.authority.snapshot()
+    await redis.flushdb()
+    after = await replica.state.authority.snapshot()
     # The same history goes on: same epoch, same keys and states, the next version.
     assert after.epoch == before.epoch and after.version == before.version + 1
     assert {k: r.state for k, r in after.keys.items()} == {
         k: r.state for k, r in before.keys.items()
     }
-    assert await authority.announcement_jwks() == announce
+    assert await replica.state.authority.announcement_jwks() == announce
     events = await stream_events(redis, authority)
     assert [(e.type, e.version, e.data["reason"]) for e in events] == [
         ("key-set-restored", before.version + 1, "store_empty")

@@ -13,6 +13,7 @@ from issuer.app import create_app
 from keyherald.redis_server import RedisServer
 from subscriber.clock import ManualClock
 from subscriber.constants import JWKS_PATH, METADATA_PATH
+from subscriber.redis_keys import meta_hash
 from subscriber.verifier import Verifier
 from tests.issuer.conftest import ADMIN_TOKEN, ISSUER, make_settings
 from tests.subscriber.conftest import eventually
@@ -114,9 +115,12 @@ async def test_a_flushed_store_is_noticed_without_any_event(
 
         async def restored() -> bool:
             doc = (await http.get(JWKS_PATH)).json()["keyherald"]
-            return app.state.published.fresh and doc["version"] > old["version"]
+            stored = await own.hget(meta_hash(app.state.authority.issuer), "version")
+            return (
+                app.state.published.fresh and doc == old and stored == str(old["version"]).encode()
+            )
 
-        # The authority writes the store back as the next version of the same history.
+        # The authority writes its own signed commits back: the same history, unchanged.
         await eventually(restored, timeout_s=10.0, what="the restored store in memory")
 
 
