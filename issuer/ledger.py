@@ -218,9 +218,7 @@ class Ledger:
         process made them and the store is an earlier state of the same history, else the
         held state as the next version, with a ``key-set-restored`` event."""
         assert held.epoch is not None
-        if reason in ("store_behind", "store_empty") and await self._replay_lost(
-            store_snap, held
-        ):
+        if reason in ("store_behind", "store_empty") and await self._replay_lost(store_snap, held):
             self.restores["replayed"] = self.restores.get("replayed", 0) + 1
             return
         same_epoch = store_snap.epoch == held.epoch
