@@ -193,6 +193,13 @@ def _add_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "1"},
         )
 
+    add_store_error_handlers(app)
+
+
+def add_store_error_handlers(app: FastAPI) -> None:
+    """``503`` with ``Retry-After`` for a store that is unreachable or fails its integrity
+    check (the issuer's and the watcher's apps)."""
+
     @app.exception_handler(StoreTampered)
     async def tampered(request: Request, exc: StoreTampered) -> JSONResponse:
         # Logged as tampering where it was found; the caller learns only that it must wait.

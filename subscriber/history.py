@@ -149,6 +149,19 @@ def _number(body: Mapping[str, Any], name: str, *, optional: bool = False) -> fl
     return float(value)
 
 
+def _signed_state(body: Mapping[str, Any], what: str, issuer: str) -> tuple[str, int, str]:
+    """``(epoch, version, digest)`` of a verified snapshot or freshness payload for
+    ``issuer``."""
+    if body.get("iss") != issuer:
+        raise EventError(f"{what} is for issuer {body.get('iss')!r}", reason="wrong_issuer")
+    version, epoch, digest = body.get("version"), body.get("epoch"), body.get("digest")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise EventError(f"{what} version must be a non-negative integer")
+    if not isinstance(epoch, str) or not isinstance(digest, str):
+        raise EventError(f"{what} epoch and digest must be strings")
+    return epoch, version, digest
+
+
 def _snapshot_keys(raw: Any) -> tuple[SnapshotKey, ...]:
     if not isinstance(raw, list):
         raise EventError("snapshot keys must be a list")
@@ -183,13 +196,7 @@ def parse_snapshot(
         ``bad_digest`` (the keys do not hash to the signed digest) or ``malformed_event``.
     """
     body = verify_compact(token, SNAPSHOT_JWS_TYP, announce_keys)
-    if body.get("iss") != issuer:
-        raise EventError(f"snapshot is for issuer {body.get('iss')!r}", reason="wrong_issuer")
-    version, epoch, digest = body.get("version"), body.get("epoch"), body.get("digest")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise EventError("snapshot version must be a non-negative integer")
-    if not isinstance(epoch, str) or not isinstance(digest, str):
-        raise EventError("snapshot epoch and digest must be strings")
+    epoch, version, digest = _signed_state(body, "snapshot", issuer)
     iat, exp = _number(body, "iat"), _number(body, "exp")
     assert iat is not None and exp is not None
     if exp + leeway_s < now:
@@ -257,13 +264,7 @@ def parse_freshness(
     if not isinstance(raw, str):
         raise EventError("freshness record has no jws field")
     body = verify_compact(raw, FRESHNESS_JWS_TYP, announce_keys)
-    if body.get("iss") != issuer:
-        raise EventError(f"freshness is for issuer {body.get('iss')!r}", reason="wrong_issuer")
-    version, epoch, digest = body.get("version"), body.get("epoch"), body.get("digest")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
-        raise EventError("freshness version must be a non-negative integer")
-    if not isinstance(epoch, str) or not isinstance(digest, str):
-        raise EventError("freshness epoch and digest must be strings")
+    epoch, version, digest = _signed_state(body, "freshness", issuer)
     ts = _number(body, "ts")
     assert ts is not None
     return Freshness(issuer=issuer, epoch=epoch, version=version, digest=digest, ts=ts)

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Header, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from issuer.errors import StoreTampered
+from issuer.app import add_store_error_handlers
 from issuer.jwks import etag_matches
 from subscriber import redis_keys
 from subscriber.clock import Clock, system_clock
@@ -114,22 +114,7 @@ def create_app(
             raise HTTPException(404, f"no upstream with tag {tag!r}")
         return watch
 
-    @app.exception_handler(aioredis.RedisError)
-    async def store_unavailable(request: Request, exc: aioredis.RedisError) -> JSONResponse:
-        logger.warning("Redis unavailable for %s: %s", request.url.path, exc)
-        return JSONResponse(
-            {"detail": "the key store is unavailable", "error": "store_unavailable"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
-
-    @app.exception_handler(StoreTampered)
-    async def tampered(request: Request, exc: StoreTampered) -> JSONResponse:
-        return JSONResponse(
-            {"detail": "the key store failed its integrity check", "error": "store_tampered"},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+    add_store_error_handlers(app)
 
     @app.get(UPSTREAMS_PATH, summary="Every upstream watched, with its tag")
     async def upstreams() -> list[dict[str, str]]:
