@@ -14,7 +14,7 @@ DEMO_STAMP := $(DEMO_VENV)/.installed
 FLOORS_PYTHON ?= python3.11
 FLOORS_VENV ?= .venv-floors
 
-.PHONY: test test-floors lint mypy pytest demo soak bench clean
+.PHONY: test test-floors test-ha lint mypy pytest demo soak bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ test-floors:
 	$(FLOORS_VENV)/bin/python -m pip check
 	$(FLOORS_VENV)/bin/python .ci/floors.py pyproject.toml --check
 	$(FLOORS_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/subscriber tests/issuer
+
+# Sentinel and Cluster topologies on loopback, failed over under load (about a minute).
+test-ha: $(STAMP)
+	$(BIN)/pytest -q -m ha tests/ha
 
 soak: $(STAMP)
 	$(BIN)/pytest -q -m soak tests/soak

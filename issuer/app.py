@@ -30,13 +30,16 @@ import redis.asyncio as aioredis
 from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import RedisClusterException
 
 from keyherald.body_limit import BodyLimit, admin_body_max_bytes
 from subscriber.clock import Clock, system_clock
 from subscriber.constants import JWKS_PATH, METADATA_PATH, SNAPSHOT_PATH
+from subscriber.redis_conn import RedisClients, connect
 
 from .auth import admin_dependency
 from .authority import Applied, Authority
+from .durability import NotReplicated
 from .errors import IllegalTransition, StoreTampered, UnknownKey, VersionConflict
 from .jwks import etag_matches
 from .kek import Kek
@@ -90,19 +93,15 @@ def create_app(
     settings = settings or IssuerSettings()  # type: ignore[call-arg]  # issuer from the env
     policy = settings.policy()
     kek = kek or settings.load_kek()
+    target = settings.redis_target()
     # A socket timeout, so that a stalled Redis turns into a stale JWKS or a 503 instead of
     # requests (and the scheduler) hanging until it comes back.
-    client = (
-        redis
-        if redis is not None
-        else aioredis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
-        )
-    )
+    owned = None
+    if redis is None:
+        owned = connect(target, socket_timeout_s=settings.redis_timeout_s)
+        redis = owned.primary
     authority = Authority(
-        redis=client,
+        redis=redis,
         issuer=settings.issuer,
         policy=policy,
         kek=kek,
@@ -111,6 +110,7 @@ def create_app(
         state_dir=settings.state_dir,
         freshness_interval_s=settings.freshness_interval_s,
     )
+    authority.store.durability = settings.durability()
     signer = Signer(authority)
     published = PublishedDocuments(authority)
 
@@ -121,9 +121,7 @@ def create_app(
         docs_url="/docs" if settings.openapi_docs else None,
         redoc_url=None,
         openapi_url="/openapi.json" if settings.openapi_docs else None,
-        lifespan=_lifespan(
-            authority, published, settings, run_scheduler, close_redis=redis is None
-        ),
+        lifespan=_lifespan(authority, published, settings, run_scheduler, owned),
     )
     # Before routing, so an oversized body is refused before it is read or the token checked.
     app.add_middleware(BodyLimit, max_bytes=admin_body_max_bytes)
@@ -143,8 +141,7 @@ def _lifespan(
     published: PublishedDocuments,
     settings: IssuerSettings,
     run_scheduler: bool,
-    *,
-    close_redis: bool,
+    owned: RedisClients | None,
 ) -> Callable[[FastAPI], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -166,8 +163,8 @@ def _lifespan(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            if close_redis:
-                await authority.redis.aclose()
+            if owned is not None:
+                await owned.aclose()
 
     return lifespan
 
@@ -209,14 +206,27 @@ def add_store_error_handlers(app: FastAPI) -> None:
             headers={"Retry-After": "5"},
         )
 
-    @app.exception_handler(aioredis.RedisError)
-    async def store_unavailable(request: Request, exc: aioredis.RedisError) -> JSONResponse:
+    async def store_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        # A failover in progress (no primary yet, a demoted one, a cluster re-electing) is a
+        # moment to retry, never a 500.
         logger.warning("Redis unavailable for %s %s: %s", request.method, request.url.path, exc)
         return JSONResponse(
             {"detail": "the key store is unavailable", "error": "store_unavailable"},
             status_code=503,
             headers={"Retry-After": "1"},
         )
+
+    async def not_replicated(request: Request, exc: Exception) -> JSONResponse:
+        logger.warning("transition not replicated for %s: %s", request.url.path, exc)
+        return JSONResponse(
+            {"detail": str(exc), "error": "not_replicated"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    for error in (aioredis.RedisError, RedisClusterException, OSError, TimeoutError):
+        app.add_exception_handler(error, store_unavailable)
+    app.add_exception_handler(NotReplicated, not_replicated)
 
 
 def _add_public_routes(app: FastAPI, authority: Authority, published: PublishedDocuments) -> None:

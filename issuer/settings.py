@@ -11,6 +11,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from subscriber.redis_conn import RedisConfigError, RedisTarget, parse_redis_url
+
+from .durability import Durability
 from .errors import ConfigError
 from .kek import Kek
 from .policy import DAY_S, RotationPolicy
@@ -60,7 +63,11 @@ class IssuerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYHERALD_", extra="ignore")
 
     issuer: str = Field(description="the `iss` value, also the issuer's public base URL")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis holding the key store")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis deployment holding the key store: redis://, rediss://, unix://, "
+        "redis+sentinel://, redis+cluster:// (see the README's Redis table)",
+    )
     kek: SecretStr | None = Field(
         None,
         description="key-encryption key, base64 of 32 random bytes; the issuer refuses to "
@@ -103,6 +110,15 @@ class IssuerSettings(BaseSettings):
     )
     redis_timeout_s: float = Field(
         5.0, gt=0, description="socket and connect timeout of the issuer's Redis client"
+    )
+    min_replicas: int = Field(
+        0,
+        ge=0,
+        description="durability: each transition is acknowledged only once this many replicas "
+        "hold it (WAIT); 0 acknowledges on the primary's write",
+    )
+    min_replicas_timeout_s: float = Field(
+        2.0, gt=0, description="how long a transition waits for min_replicas before a 503"
     )
     activation_gate: Literal["time", "confirmed"] = Field(
         "time",
@@ -169,6 +185,28 @@ class IssuerSettings(BaseSettings):
             jwks_max_age_s=self.jwks_max_age_s,
             clock_skew_s=self.clock_skew_s,
         )
+
+    def redis_target(self) -> RedisTarget:
+        """The Redis deployment.
+
+        :raises ConfigError: a URL that cannot be used, or ``min_replicas`` with a cluster.
+        """
+        try:
+            target = parse_redis_url(self.redis_url, setting="KEYHERALD_REDIS_URL")
+        except RedisConfigError as e:
+            raise ConfigError(str(e)) from e
+        if self.min_replicas and target.kind == "cluster":
+            raise ConfigError(
+                "KEYHERALD_MIN_REPLICAS is not supported with redis+cluster:// (WAIT must run "
+                "on the connection that wrote); use 0, or Sentinel"
+            )
+        return target
+
+    def durability(self) -> Durability | None:
+        """The replica acknowledgement each transition waits for, if any."""
+        if not self.min_replicas:
+            return None
+        return Durability(self.min_replicas, int(self.min_replicas_timeout_s * 1000))
 
     def gate(self) -> ActivationGate:
         """The activation gate."""

@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from subscriber import redis_keys
 
+from .durability import Durability, eval_durably
 from .errors import LeaseLost, StoreError, VersionConflict
 from .records import KeyRecord
 
@@ -137,6 +138,8 @@ class KeyStore:
         self.stream_key = redis_keys.event_stream(issuer)
         self.fence_key = redis_keys.scheduler_fence(issuer)
         self._commit = redis.register_script(COMMIT_SCRIPT)
+        #: Set from ``KEYHERALD_MIN_REPLICAS``: each commit also waits for replicas.
+        self.durability: Durability | None = None
 
     async def load(self) -> Snapshot:
         """Meta and every record, read atomically (MULTI/EXEC)."""
@@ -212,7 +215,12 @@ class KeyStore:
             args += [event["type"], event["version"], event["jws"]]
         keys = [self.meta_key, self.keys_key, self.stream_key, self.fence_key]
         try:
-            status, version = await self._commit(keys=keys, args=args)
+            if self.durability is None:
+                status, version = await self._commit(keys=keys, args=args)
+            else:
+                status, version = await eval_durably(
+                    self.redis, COMMIT_SCRIPT, keys, args, self.durability
+                )
         except aioredis.ResponseError as e:
             raise StoreError(f"the store refused the change: {e}") from e
         status = text(status)

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
+from subscriber.redis_conn import RedisConfigError, connect
+
 from .errors import CommandError
 from .observe import AdminRefused, Heartbeat, IssuerClient, IssuerUnavailable, read_heartbeats
 from .text import printable
@@ -184,6 +186,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(
             f"issuer unavailable ({e}): start it, or set KEYHERALD_ISSUER (or --issuer)"
         ) from e
+    except RedisConfigError as e:
+        raise CommandError(str(e)) from e
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -192,10 +196,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _collect(issuer: str, admin_token: str, redis_url: str | None) -> dict[str, Any]:
-    redis = aioredis.Redis.from_url(redis_url) if redis_url else None
+    clients = connect(redis_url, setting="--redis-url") if redis_url else None
     try:
         async with IssuerClient(issuer, admin_token=admin_token) as client:
-            return await collect(client, redis)
+            return await collect(client, clients.primary if clients else None)
     finally:
-        if redis is not None:
-            await redis.aclose()
+        if clients is not None:
+            await clients.aclose()

@@ -27,6 +27,7 @@ from subscriber.constants import http_timeout_s
 from subscriber.errors import FetchError, InvalidKey
 from subscriber.events import load_announcement_keys
 from subscriber.jwks_client import JwksClient
+from subscriber.redis_conn import RedisConfigError, connect
 
 from . import constants
 from .api import create_app
@@ -156,7 +157,12 @@ async def _serve_until_either_stops(server: uvicorn.Server, relay: Relay) -> Non
 
 async def serve(settings: RelaySettings, host: str, port: int) -> None:
     """Run one replica and its admin API until cancelled (Ctrl-C)."""
-    redis = aioredis.Redis.from_url(settings.redis_url)
+    try:
+        clients = connect(settings.redis_url, setting="KEYHERALD_RELAY_REDIS_URL")
+    except RedisConfigError as e:
+        raise ConfigError(str(e), reason="bad_redis_url") from e
+    # XREADGROUP writes (the group's state): the relay reads the stream on the primary.
+    redis = clients.primary
     try:
         async with httpx.AsyncClient(timeout=http_timeout_s) as issuer_http:
             jwks = JwksClient(issuer_http, settings.issuer, snapshot_url=settings.snapshot())
@@ -178,7 +184,7 @@ async def serve(settings: RelaySettings, host: str, port: int) -> None:
                 logger.info("relay for %s: admin API on http://%s:%s", settings.issuer, host, port)
                 await _serve_until_either_stops(uvicorn.Server(config), relay)
     finally:
-        await redis.aclose()
+        await clients.aclose()
 
 
 def run(args: argparse.Namespace) -> int:

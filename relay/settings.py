@@ -27,7 +27,11 @@ class RelaySettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KEYHERALD_RELAY_", extra="ignore")
 
     issuer: str = Field(description="issuer URL (iss); selects the stream and JWKS")
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="the issuer's Redis")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="the issuer's Redis deployment (redis://, rediss://, redis+sentinel://, "
+        "redis+cluster://; see the README's Redis table)",
+    )
     snapshot_url: str | None = Field(
         None,
         description="the issuer's signed key-set snapshot; default: "

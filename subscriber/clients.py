@@ -20,7 +20,8 @@ import threading
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
+
+from .redis_conn import RedisClients, connect
 
 __all__ = ["acquire_http", "acquire_redis", "release", "shared_count"]
 
@@ -74,23 +75,19 @@ def acquire_http(timeout_s: float) -> httpx.AsyncClient:
     return client
 
 
-def acquire_redis(url: str, socket_timeout_s: float) -> aioredis.Redis:
-    """The shared Redis client of the running loop for ``url``; :func:`release` it.
+def acquire_redis(url: str, socket_timeout_s: float) -> RedisClients:
+    """The shared clients of the running loop for a deployment URL (any form of
+    :mod:`subscriber.redis_conn`); :func:`release` them.
 
     Blocking reads still take a connection each from the shared pool; what is shared is the
     pool, its parsed settings, and the idle connections between commands.
     """
     key = ("redis", asyncio.get_running_loop(), url, socket_timeout_s)
-    client: aioredis.Redis = _acquire(
-        key,
-        lambda: aioredis.Redis.from_url(
-            url, socket_timeout=socket_timeout_s, socket_connect_timeout=socket_timeout_s
-        ),
-    )
-    return client
+    found: RedisClients = _acquire(key, lambda: connect(url, socket_timeout_s=socket_timeout_s))
+    return found
 
 
-async def release(client: httpx.AsyncClient | aioredis.Redis) -> None:
+async def release(client: httpx.AsyncClient | RedisClients) -> None:
     """Give back a client from :func:`acquire_http` or :func:`acquire_redis`.
 
     :raises ValueError: the client is not one of them, or was released once too often.

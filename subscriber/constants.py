@@ -88,3 +88,5 @@ max_ended_kids: Final = 100_000
 miss_hint_interval_s: Final = 5.0
 #: Miss hints kept on the stream (the watcher only needs the newest).
 miss_hints_kept: Final = 64
+#: How long ``Verifier.start`` retries an unreachable issuer (jittered backoff, up to 3 s).
+start_timeout_s: Final = 10.0

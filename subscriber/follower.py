@@ -33,6 +33,7 @@ from .events import Event, StreamFields, parse_event
 from .history import Freshness, parse_freshness
 from .keyset import KeySet, Outcome
 from .metrics import Metrics
+from .redis_conn import socket_timeout
 from .stream_watch import acquire_watch, release_watch
 
 logger = logging.getLogger(__name__)
@@ -90,10 +91,10 @@ def raise_if_cancelled() -> None:
 def effective_block_ms(client: aioredis.Redis, wanted_ms: int = block_ms) -> int:
     """``BLOCK`` kept below the client's socket timeout, or redis-py raises TimeoutError
     on a healthy but quiet stream."""
-    timeout_s = client.connection_pool.connection_kwargs.get("socket_timeout", 5.0)
+    timeout_s = socket_timeout(client)
     if timeout_s is None:
         return wanted_ms
-    return max(1, min(wanted_ms, int(float(timeout_s) * 1000 / 2)))
+    return max(1, min(wanted_ms, int(timeout_s * 1000 / 2)))
 
 
 class StreamFollower:
@@ -108,6 +109,7 @@ class StreamFollower:
     :param on_applied: told each event applied, and the time it was applied.
     :param fresh_stream: the issuer's freshness stream (``None``: not followed).
     :param on_fresh: told each signed freshness record that matches the key set held.
+    :param on_error: told each Redis error that ended or prevented a session.
     """
 
     def __init__(
@@ -129,6 +131,7 @@ class StreamFollower:
         fresh_stream: str | None = None,
         on_fresh: Callable[[Freshness], None] = lambda _: None,
         resync_cooldown_s: float = resync_cooldown_s,
+        on_error: Callable[[BaseException], None] = lambda error: None,
     ) -> None:
         self.redis = redis
         self.stream = stream
@@ -139,6 +142,7 @@ class StreamFollower:
         self._request_refresh = request_refresh
         self._on_connected = on_connected
         self._on_applied = on_applied
+        self._on_error = on_error
         self._clock = clock
         self._metrics = metrics
         self.block_ms = effective_block_ms(redis, block_ms)
@@ -209,6 +213,8 @@ class StreamFollower:
 
     def _before_sleep(self, state: Any) -> None:
         error = state.outcome.exception() if state.outcome else None
+        if error is not None:
+            self._on_error(error)
         self._on_connected(False)
         logger.warning(
             "stream %s unreachable (%s), retry %d in %.2fs",
@@ -226,6 +232,7 @@ class StreamFollower:
         try:
             await self._follow()
         except (RedisError, OSError) as e:
+            self._on_error(e)
             self._on_connected(False)
             logger.warning("stream %s connection lost: %s", self.stream, type(e).__name__)
 

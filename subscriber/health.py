@@ -43,3 +43,6 @@ class Health:
     heartbeat_error: str | None = None
     fresh_at: float | None = None
     freshness_bound_s: float | None = None
+    #: The last Redis error of the stream while it lasts (``None`` once a read succeeds),
+    #: e.g. ``"maxclients: Redis refused the connection (max number of clients reached)"``.
+    redis_error: str | None = None

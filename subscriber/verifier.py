@@ -37,7 +37,9 @@ import httpx
 import redis.asyncio as aioredis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import REGISTRY, CollectorRegistry
-from redis.exceptions import RedisError
+from redis.exceptions import MaxClientsReachedError, RedisError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay
+from tenacity import wait_random_exponential as wait_jittered
 
 from . import clients, constants
 from .clock import Clock, system_clock
@@ -53,6 +55,7 @@ from .keyset import KeySet
 from .metrics import Metrics, metrics_for
 from .miss_hints import MissHints
 from .presence import HeartbeatRecord, Presence, new_instance_id
+from .redis_conn import RedisClients, parse_redis_url
 from .redis_keys import event_stream, freshness_stream
 from .refresher import JwksRefresher
 from .supervisor import supervise
@@ -77,7 +80,9 @@ class Verifier:
     :param issuer: the issuer URL: the exact ``iss`` required, and where metadata is fetched
         (unless an ``announcer`` speaks for it).
     :param audience: the accepted audience, or a set of them.
-    :param redis_url: the Redis holding the issuer's stream; or pass ``redis``.
+    :param redis_url: the Redis deployment holding the issuer's stream, in any form of
+        :mod:`subscriber.redis_conn` (plain, TLS, Sentinel, Cluster, read replicas); or pass
+        ``redis``.
     :param redis: an existing ``redis.asyncio`` client (the caller keeps ownership).
     :param announcer: upstream mode, for tokens of a hosted identity provider (Auth0, Okta,
         Entra, Google, Keycloak...) whose keys a ``keyherald watch`` announces: the watcher's
@@ -118,6 +123,8 @@ class Verifier:
     :param token_cache_size: verified tokens remembered, so a token seen again skips its
         signature check (``exp``/``nbf`` and its key are still checked each time); 0 turns
         the cache off. See :mod:`subscriber.token_cache`.
+    :param start_timeout_s: how long :meth:`start` retries an unreachable issuer, with
+        jittered backoff so that a fleet started together does not retry together.
     :raises ValueError: a setting that cannot work, named with its value.
     """
 
@@ -151,9 +158,14 @@ class Verifier:
         freshness_bound_s: float | None = None,
         announcer: str | Sequence[Mapping[str, Any]] | None = None,
         miss_hint_interval_s: float = constants.miss_hint_interval_s,
+        start_timeout_s: float = constants.start_timeout_s,
     ) -> None:
         if (redis_url is None) == (redis is None):
             raise ValueError("pass exactly one of redis_url and redis")
+        self._target = parse_redis_url(redis_url, setting="redis_url") if redis_url else None
+        if isinstance(start_timeout_s, bool) or not start_timeout_s >= 0:
+            raise ValueError(f"start_timeout_s must be 0 or more, the input is {start_timeout_s!r}")
+        self._start_timeout_s = float(start_timeout_s)
         if stale_policy not in ("fail_closed", "keep_verifying"):
             raise ValueError(
                 f'stale_policy must be "fail_closed" or "keep_verifying", '
@@ -241,7 +253,8 @@ class Verifier:
         self._failure: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._own_redis: aioredis.Redis | None = None
+        self._own_redis: RedisClients | None = None
+        self._redis_error: str | None = None
         self._own_http: httpx.AsyncClient | None = None
         self._presence: Presence | None = None
         self._refresher: JwksRefresher | None = None
@@ -277,10 +290,13 @@ class Verifier:
 
     async def _bootstrap(self) -> None:
         # Shared with the other verifiers of this loop (subscriber/clients.py).
+        stream_redis = self._redis
         if self._redis is None:
-            self._redis = self._own_redis = clients.acquire_redis(
+            self._own_redis = clients.acquire_redis(
                 str(self._redis_url), constants.socket_timeout_s
             )
+            self._redis, stream_redis = self._own_redis.primary, self._own_redis.stream
+        assert stream_redis is not None
         if self._http is None:
             self._http = self._own_http = clients.acquire_http(constants.http_timeout_s)
         snapshot_url, metadata_url = self._snapshot_url, None
@@ -316,7 +332,7 @@ class Verifier:
         refresher.bind(asyncio.get_running_loop(), self._spawn)
         metadata: Metadata | None = None
         if self._pinned is None or snapshot_url is None:
-            metadata = await self._jwks.fetch_metadata()
+            metadata = await self._fetch_metadata()
         pinned = (
             self._pinned if self._pinned is not None else metadata and metadata.announcement_keys
         )
@@ -327,7 +343,7 @@ class Verifier:
             self._fresh_bound_s = self._bound_for(metadata.freshness_interval_s)
         self._announcement_keys = load_announcement_keys(pinned)
         self._follower = StreamFollower(
-            redis=self._redis,
+            redis=stream_redis,
             stream=stream,
             keyset=self.keyset,
             issuer=self.issuer,
@@ -341,6 +357,7 @@ class Verifier:
             clock=self._clock,
             metrics=self._metrics,
             block_ms=self._block_ms,
+            on_error=self._on_redis_error,
         )
         try:
             await self._follower.resync("bootstrap")
@@ -348,6 +365,8 @@ class Verifier:
         except (RedisError, OSError, FetchError) as e:
             if isinstance(e, FetchError) and not self._upstream:
                 raise
+            if not isinstance(e, FetchError):
+                self._on_redis_error(e)
             logger.warning("stream %s unreachable at start (%s), degraded", stream, e)
             await refresher.refresh("bootstrap")
             synced = False
@@ -377,6 +396,23 @@ class Verifier:
             self.health().state,
             extra={"version": self.keyset.version, "instance_id": self.instance_id},
         )
+
+    async def _fetch_metadata(self) -> Metadata:
+        # A fleet restarted at once would hit the issuer in lockstep: jittered retries.
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(FetchError),
+            wait=wait_jittered(multiplier=0.2, max=3.0),
+            stop=stop_after_delay(self._start_timeout_s),
+            before_sleep=lambda state: logger.info(
+                "issuer metadata unavailable (%s), retrying",
+                state.outcome.exception() if state.outcome else None,
+            ),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._jwks.fetch_metadata()
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         """Stop the background tasks, say goodbye in the presence index, close owned clients."""
@@ -565,11 +601,22 @@ class Verifier:
 
     # -- follower callbacks ----------------------------------------------------------------
 
+    def _on_redis_error(self, error: BaseException) -> None:
+        if isinstance(error, MaxClientsReachedError):
+            message = "maxclients: Redis refused the connection (max number of clients reached)"
+        else:
+            message = f"{type(error).__name__}: {error}"
+        if message != self._redis_error:
+            logger.warning("Redis error: %s", message, extra={"instance_id": self.instance_id})
+        self._redis_error = message
+
     def _on_connected(self, connected: bool) -> None:
         # Called on every XREAD reply too: that is where a silent stream (no freshness record
         # within the bound) turns the verifier degraded and wakes the poller.
         changed = connected != self._connected
         self._connected = connected
+        if connected:
+            self._redis_error = None
         if connected and self._failure is not None:
             self._failure = None
             logger.warning("stream follower recovered", extra={"instance_id": self.instance_id})
@@ -626,6 +673,7 @@ class Verifier:
             heartbeat_error=self._presence.error if self._presence is not None else None,
             fresh_at=self._fresh_at if math.isfinite(self._fresh_at) else None,
             freshness_bound_s=self._fresh_bound_s,
+            redis_error=self._redis_error,
         )
 
     def heartbeat_record(self) -> HeartbeatRecord:

@@ -38,6 +38,7 @@ import redis.asyncio as aioredis
 
 from keyherald.redis_server import find_redis_server, free_port
 from subscriber.constants import METADATA_PATH
+from subscriber.redis_conn import connect
 
 from ..observe import EventTail, IssuerClient, IssuerUnavailable, read_heartbeats
 from .procs import ChildFailed, Supervisor, http_ready, redis_ready
@@ -263,14 +264,15 @@ class Demo:
     async def run(self) -> DemoState:
         """Start everything, run the rotations, return what was seen."""
         await self.start()
-        redis = aioredis.Redis.from_url(self.redis_url)
+        clients = connect(self.redis_url, setting="KEYHERALD_REDIS_URL")
+        redis = clients.primary
         http = httpx.AsyncClient(timeout=2.0)
         try:
             tail = await self._tail(redis, http)
             await self._watch(redis, http, tail)
         finally:
             await http.aclose()
-            await redis.aclose()
+            await clients.aclose()
         return self.state
 
     async def _tail(self, redis: aioredis.Redis, http: httpx.AsyncClient) -> EventTail:

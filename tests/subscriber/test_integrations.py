@@ -1,5 +1,6 @@
 """FastAPI dependency, presence heartbeats, metrics and health, against the real issuer."""
 
+import asyncio
 from typing import Annotated, Any
 
 import httpx
@@ -109,7 +110,21 @@ async def test_configuration_is_checked_in_the_constructor(issuer: Issuer) -> No
 async def test_start_fails_when_the_issuer_is_unreachable(issuer: Issuer) -> None:
     issuer.transport.down = True
     with pytest.raises(FetchError):
-        await issuer.verifier().start()
+        await issuer.verifier(start_timeout_s=0).start()
+
+
+async def test_start_retries_an_issuer_that_comes_back(issuer: Issuer) -> None:
+    issuer.transport.down = True
+    verifier = issuer.verifier(start_timeout_s=10)
+    starting = asyncio.create_task(verifier.start())
+    await asyncio.sleep(0.5)
+    assert not starting.done()
+    issuer.transport.down = False
+    await asyncio.wait_for(starting, 10)
+    try:
+        assert verifier.verify(await issuer.token())
+    finally:
+        await verifier.aclose()
 
 
 async def test_pinned_announcement_key_and_snapshot_url_skip_metadata(issuer: Issuer) -> None:

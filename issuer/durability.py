@@ -1,0 +1,53 @@
+"""Optional durability: a transition is acknowledged only once N replicas hold it.
+
+Redis replication is asynchronous, so a primary that dies right after acknowledging a write
+can take it along. With ``KEYHERALD_MIN_REPLICAS=N`` the commit script and ``WAIT N timeout``
+go out in one pipeline, on one connection (``WAIT`` counts the writes of its own connection);
+fewer than ``N`` acknowledgements within the timeout is :class:`NotReplicated` (a 503). The
+change itself stays applied on the primary: the caller learns that it may not survive a
+failover, and a retry finds the transition done.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from .errors import StoreError
+
+
+class NotReplicated(StoreError):
+    """Fewer replicas than required acknowledged a transition in time."""
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """``WAIT replicas timeout_ms`` after every commit."""
+
+    replicas: int
+    timeout_ms: int
+
+
+async def eval_durably(
+    redis: aioredis.Redis,
+    script: str,
+    keys: Sequence[str],
+    args: Sequence[Any],
+    durability: Durability,
+) -> Any:
+    """``EVAL script`` then ``WAIT`` on the same connection; the script's reply.
+
+    :raises NotReplicated: the reply was an applied change but too few replicas acknowledged.
+    """
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.eval(script, len(keys), *keys, *args)
+        pipe.wait(durability.replicas, durability.timeout_ms)
+        reply, acked = await pipe.execute(raise_on_error=True)
+    status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
+    if status == "OK" and int(acked) < durability.replicas:
+        raise NotReplicated(
+            f"{acked} of {durability.replicas} replicas acknowledged version {reply[1]} within "
+            f"{durability.timeout_ms} ms (KEYHERALD_MIN_REPLICAS)"
+        )
+    return reply
