@@ -1,0 +1,130 @@
+"""Fan-out from replicas, refusals and durability, on small real topologies (quick: these run
+in ``make test``)."""
+
+import asyncio
+import logging
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from issuer.app import create_app
+from keyherald.redis_server import find_redis_server
+from subscriber import Verifier
+from subscriber.presence import live_verifiers
+from tests.ha.harness import ADMIN, AUDIENCE, ISSUER, settings
+from tests.ha.topology import Node, _server_args
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def nodes() -> Iterator[list[Node]]:
+    """A primary and one replica."""
+    binary = find_redis_server()
+    assert binary is not None
+    root = Path(tempfile.mkdtemp(prefix="keyherald-replicas-"))
+    started: list[Node] = []
+    try:
+        started.append(Node(binary, root, "primary", _server_args()).start())
+        args = [*_server_args(), "--replicaof", "127.0.0.1", str(started[0].port)]
+        started.append(Node(binary, root, "replica", args).start())
+        yield started
+    finally:
+        for node in started:
+            node.kill()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def _issuer(url: str, **overrides: object) -> AsyncIterator[httpx.AsyncClient]:
+    app = create_app(settings=settings(url, **overrides), run_scheduler=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as http:
+        http.app = app  # type: ignore[attr-defined]
+        yield http
+
+
+def _verifier(url: str, http: httpx.AsyncClient, **options: object) -> Verifier:
+    return Verifier(
+        issuer=ISSUER,
+        audience=AUDIENCE,
+        redis_url=url,
+        http_client=http,
+        registry=CollectorRegistry(),
+        block_ms=200,
+        heartbeat_interval_s=0.2,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+async def _xreads(node: Node) -> int:
+    client = aioredis.Redis(port=node.port)
+    try:
+        stats = await client.info("commandstats")
+    finally:
+        await client.aclose()
+    return int(stats.get("cmdstat_xread", {}).get("calls", 0))
+
+
+async def test_stream_from_the_listed_replica_heartbeats_on_the_primary(nodes) -> None:
+    primary, replica = nodes
+    url = f"redis://{primary.address}/0"
+    async for http in _issuer(url):
+        async with _verifier(f"{url}?replicas={replica.address}", http) as verifier:
+            added = await http.post("/admin/rotate", headers=ADMIN)
+            kid = added.json()["events"][0]["kid"]
+            for _ in range(100):
+                if kid in verifier.health().kids:
+                    break
+                await asyncio.sleep(0.05)
+            assert kid in verifier.health().kids
+            assert await _xreads(replica) > 0 and await _xreads(primary) == 0
+            client = aioredis.Redis(port=primary.port)
+            try:
+                live = await live_verifiers(client, ISSUER, http.app.state.authority.clock())  # type: ignore[attr-defined]
+            finally:
+                await client.aclose()
+            assert [r["instance_id"] for r in live] == [verifier.instance_id]
+            assert verifier.health().heartbeat_ok is True
+
+
+async def test_a_verifier_refused_by_maxclients_says_so(nodes, caplog) -> None:
+    primary, _ = nodes
+    url = f"redis://{primary.address}/0"
+    async for http in _issuer(url):
+        assert (await http.get("/.well-known/openid-configuration")).status_code == 200
+        hog = aioredis.Redis(port=primary.port)
+        connected = (await hog.info("clients"))["connected_clients"]
+        # Room for the issuer and this client only (the replica's link counts too).
+        await hog.config_set("maxclients", connected)
+        try:
+            caplog.set_level(logging.WARNING, "subscriber.verifier")
+            async with _verifier(url, http) as verifier:
+                for _ in range(100):
+                    if verifier.health().heartbeat_ok is False:
+                        break
+                    await asyncio.sleep(0.05)
+                health = verifier.health()
+                assert health.state != "live"
+                assert health.redis_error is not None and "maxclients" in health.redis_error
+                assert health.heartbeat_ok is False
+                assert "maxclients" in caplog.text
+        finally:
+            await hog.config_set("maxclients", 2000)
+            await hog.aclose()
+
+
+async def test_a_transition_no_replica_holds_is_a_503(nodes) -> None:
+    primary, replica = nodes
+    url = f"redis://{primary.address}/0"
+    async for http in _issuer(url, min_replicas=1, min_replicas_timeout_s=0.3):
+        assert (await http.post("/admin/rotate", headers=ADMIN)).status_code == 201
+        replica.kill()
+        refused = await http.post("/admin/rotate", headers=ADMIN)
+        assert refused.status_code == 503 and refused.json()["error"] == "not_replicated"
+        assert refused.headers["Retry-After"]
