@@ -4,8 +4,8 @@ Redis replication is asynchronous, so a primary that dies right after acknowledg
 can take it along. With ``KEYHERALD_MIN_REPLICAS=N`` the commit script and ``WAIT N timeout``
 go out in one pipeline, on one connection (``WAIT`` counts the writes of its own connection);
 fewer than ``N`` acknowledgements within the timeout is :class:`NotReplicated` (a 503). The
-change itself stays applied on the primary: the caller learns that it may not survive a
-failover, and a retry finds the transition done.
+change itself stays applied on the primary (a script cannot be rolled back): the caller learns
+that it may not survive a failover.
 """
 
 from collections.abc import Sequence
@@ -43,7 +43,13 @@ async def eval_durably(
     async with redis.pipeline(transaction=False) as pipe:
         pipe.eval(script, len(keys), *keys, *args)
         pipe.wait(durability.replicas, durability.timeout_ms)
-        reply, acked = await pipe.execute(raise_on_error=True)
+        reply, acked = await pipe.execute(raise_on_error=False)
+    if isinstance(reply, Exception):
+        raise reply
+    if isinstance(acked, Exception):
+        # A failover under way: this node was demoted ("WAIT cannot be used with replica
+        # instances"). Whatever the script did here is not acknowledged.
+        raise NotReplicated(f"WAIT refused during a failover: {acked}")
     status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
     if status == "OK" and int(acked) < durability.replicas:
         raise NotReplicated(

@@ -118,7 +118,10 @@ class IssuerSettings(BaseSettings):
         "hold it (WAIT); 0 acknowledges on the primary's write",
     )
     min_replicas_timeout_s: float = Field(
-        2.0, gt=0, description="how long a transition waits for min_replicas before a 503"
+        1.0,
+        gt=0,
+        description="how long a transition waits for min_replicas before a 503 (below "
+        "redis_timeout_s)",
     )
     activation_gate: Literal["time", "confirmed"] = Field(
         "time",
@@ -195,6 +198,12 @@ class IssuerSettings(BaseSettings):
             target = parse_redis_url(self.redis_url, setting="KEYHERALD_REDIS_URL")
         except RedisConfigError as e:
             raise ConfigError(str(e)) from e
+        if self.min_replicas and self.min_replicas_timeout_s >= self.redis_timeout_s:
+            raise ConfigError(
+                f"KEYHERALD_MIN_REPLICAS_TIMEOUT_S ({self.min_replicas_timeout_s:g}) must be "
+                f"below KEYHERALD_REDIS_TIMEOUT_S ({self.redis_timeout_s:g}): the WAIT reply "
+                "arrives on the same socket"
+            )
         if self.min_replicas and target.kind == "cluster":
             raise ConfigError(
                 "KEYHERALD_MIN_REPLICAS is not supported with redis+cluster:// (WAIT must run "

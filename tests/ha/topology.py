@@ -44,6 +44,7 @@ class Node:
         ]  # fmt: skip
         self.command = command
         self.process: subprocess.Popen[bytes] | None = None
+        self._client: redis.Redis | None = None
 
     @property
     def address(self) -> str:
@@ -69,10 +70,16 @@ class Node:
         raise RuntimeError(f"{self.name} did not answer on port {self.port}")
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+        """A client of this node (one per node, closed when the node is killed)."""
+        if self._client is None:
+            self._client = redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+        return self._client
 
     def kill(self) -> None:
         """SIGKILL, as a crash would."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait()
