@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry
 from issuer.app import create_app
 from issuer.settings import IssuerSettings
 from relay.egress import EgressPolicy
-from relay.keysource import JwksKeySource
+from relay.keysource import SnapshotKeySource
 from relay.metrics import RelayMetrics
 from relay.service import Relay
 from subscriber import InvalidToken, Verifier
@@ -68,6 +68,7 @@ def settings(url: str, **overrides: Any) -> IssuerSettings:
         "tick_interval_s": 0.2,
         "lease_ttl_s": 2.0,
         "redis_timeout_s": 2.0,
+        "dev_http_issuer": True,
     }
     values.update(overrides)
     return IssuerSettings(**values)
@@ -130,12 +131,13 @@ class Harness:
         self.relay_redis: RedisClients = connect(self.url)
         stack.push_async_callback(self.relay_redis.aclose)
         jwks = await self.app.state.authority.announcement_jwks()
-        keys = JwksClient(self.http, ISSUER, jwks_url=f"{ISSUER}/.well-known/jwks.json")
+        announce = dict(load_announcement_keys(jwks))
+        keys = SnapshotKeySource(JwksClient(self.http, ISSUER), ISSUER, announce)
         self.relay = Relay(
             self.relay_redis.primary,
             ISSUER,
-            dict(load_announcement_keys(jwks)),
-            JwksKeySource(keys),
+            announce,
+            keys,
             policy=make_policy(),
             egress_policy=EgressPolicy.from_strings(["127.0.0.1"]),
             consumer="relay-ha",
