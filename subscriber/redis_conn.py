@@ -311,7 +311,7 @@ def connect(
         options = {k: v for k, v in target.options.items() if k not in ("host", "port")}
         options["connection_class"] = _ReplicaSSLConnection if target.tls else _ReplicaConnection
         pool = aioredis.ConnectionPool(rotation=rotation, **options, **common)
-        clients.stream = aioredis.Redis(connection_pool=pool)
+        clients.stream = aioredis.Redis.from_pool(pool)  # owns the pool: closed with it
         clients._closers.append(clients.stream)
     return clients
 
