@@ -51,6 +51,7 @@ class Tally:
     rotations: int = 0
     errors: list[str] = field(default_factory=list)
     ambiguous: int = 0
+    lost_writes: bool = False
 
 
 def settings(url: str, **overrides: Any) -> IssuerSettings:
