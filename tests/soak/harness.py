@@ -252,6 +252,10 @@ class Cluster:
     procs: dict[str, Proc] = field(default_factory=dict)
     events: list[EventRecord] = field(default_factory=list)
     refused_events: int = 0
+    #: Event ids seen on the stream, and how often one came again: an issuer writes its own
+    #: signed commits back after a flush, the same events (same id, same digest) once more.
+    seen_event_ids: set[str] = field(default_factory=set)
+    reappended_events: int = 0
     partner_id: str = ""
     #: (time, partner id) of each registration; a flush forgets partners.
     registrations: list[tuple[float, str]] = field(default_factory=list)
@@ -496,6 +500,10 @@ class Cluster:
                             except (EventError, httpx.HTTPError):
                                 self.refused_events += 1
                                 continue
+                        if event.event_id in self.seen_event_ids:
+                            self.reappended_events += 1
+                            continue
+                        self.seen_event_ids.add(event.event_id)
                         self.events.append(
                             EventRecord(
                                 epoch=event.epoch,

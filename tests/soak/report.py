@@ -188,6 +188,7 @@ def stream_integrity(cluster: Cluster) -> dict[str, Any]:
         active[e.epoch] = e.kid
     return {
         "duplicate_versions": duplicates,
+        "reappended_events": cluster.reappended_events,
         "missing_versions": gaps,
         "broken_chain": broken_chain,
     }
