@@ -8,6 +8,11 @@ Per heartbeat, in one transaction::
 
 An instance is live while its score is in the future. Writers and readers both prune expired
 members, so instances that died without saying goodbye disappear after one TTL.
+
+An instance writes its own record when it starts and whenever its state changes; the periodic
+refresh of every instance of a process (same Redis client, issuer and interval) is one script
+call per interval for all of them, so a thousand idle verifiers do not cost a thousand
+round trips every ``interval_s``.
 """
 
 import asyncio
@@ -52,6 +57,22 @@ redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
 return #expired
 """
 )
+
+
+# The periodic refresh of many instances: ARGV[1] is now (ms), then (expiry, id, record)
+# triples.
+_BEAT_MANY = (
+    _PRUNE.replace("return #expired", "")
+    + """
+for i = 2, #ARGV, 3 do
+    redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1])
+    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+end
+return #expired
+"""
+)
+#: Records per refresh call, so one call never carries an unbounded reply or argument list.
+refresh_batch = 200
 
 
 def new_instance_id() -> str:
@@ -124,25 +145,30 @@ class Presence:
         interval_s: float,
         metrics: Metrics,
     ) -> None:
-        """Beat every ``interval_s`` and whenever ``changed`` is set, until cancelled."""
-        while True:
-            changed.clear()
-            try:
-                await self.beat(record())
-            except (RedisError, OSError) as e:
-                self._failed(e, metrics)
-            else:
-                if self.error is not None:
-                    logger.warning(
-                        "heartbeat written again", extra={"instance_id": self.instance_id}
-                    )
-                    self.error = None
-            raise_if_cancelled()
-            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that
-            # lands as the inner wait completes, and this loop would then never end.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(interval_s):
-                    await changed.wait()
+        """Beat now and whenever ``changed`` is set, and be refreshed every ``interval_s``
+        with the process's other instances (:class:`_Refresher`), until cancelled."""
+        refresher = _Refresher.join(self, record, metrics, interval_s)
+        try:
+            while True:
+                changed.clear()
+                try:
+                    await self.beat(record())
+                except (RedisError, OSError) as e:
+                    self._failed(e, metrics)
+                else:
+                    self._written()
+                raise_if_cancelled()
+                await changed.wait()
+        finally:
+            await refresher.leave(self)
+
+    def _written(self) -> None:
+        if self.error is not None:
+            logger.warning("heartbeat written again", extra={"instance_id": self.instance_id})
+            self.error = None
+
+    def _expiry_ms(self) -> int:
+        return int(self._clock() * 1000) + int(self._ttl_s * 1000)
 
     def _failed(self, error: BaseException, metrics: Metrics) -> None:
         # Warned once per outage, not per beat: a verifier pointed at a read-only replica
@@ -173,6 +199,73 @@ class Presence:
             pipe.zrem(self._index, self.instance_id)
             pipe.hdel(self._states, self.instance_id)
             await pipe.execute()
+
+
+class _Refresher:
+    """Refreshes, every ``interval_s``, the heartbeats of every instance of a process that
+    shares a Redis client, an issuer and the interval: one script call per
+    :data:`refresh_batch` instances."""
+
+    _all: dict[tuple[Any, ...], "_Refresher"] = {}
+
+    def __init__(self, key: tuple[Any, ...], presence: "Presence", interval_s: float) -> None:
+        self._key = key
+        self._interval_s = interval_s
+        self._index, self._states = presence._index, presence._states
+        self._script = presence.redis.register_script(_BEAT_MANY)
+        self._members: dict[Presence, tuple[Callable[[], HeartbeatRecord], Metrics]] = {}
+        self._task = asyncio.get_running_loop().create_task(
+            self._run(), name="keyherald-heartbeats"
+        )
+
+    @classmethod
+    def join(
+        cls,
+        presence: "Presence",
+        record: Callable[[], HeartbeatRecord],
+        metrics: Metrics,
+        interval_s: float,
+    ) -> "_Refresher":
+        key = (asyncio.get_running_loop(), id(presence.redis), presence._index, interval_s)
+        refresher = cls._all.get(key)
+        if refresher is None:
+            refresher = cls._all[key] = cls(key, presence, interval_s)
+        refresher._members[presence] = (record, metrics)
+        return refresher
+
+    async def leave(self, presence: "Presence") -> None:
+        self._members.pop(presence, None)
+        if self._members or self._all.get(self._key) is not self:
+            return
+        del self._all[self._key]
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval_s)
+            members = list(self._members.items())
+            for start in range(0, len(members), refresh_batch):
+                await self._refresh(members[start : start + refresh_batch])
+
+    async def _refresh(
+        self, chunk: list[tuple["Presence", tuple[Callable[[], HeartbeatRecord], Metrics]]]
+    ) -> None:
+        if not chunk:
+            return
+        args: list[Any] = [int(chunk[0][0]._clock() * 1000)]
+        for presence, (record, _) in chunk:
+            args += [presence._expiry_ms(), presence.instance_id, record().to_json()]
+        try:
+            await self._script(keys=[self._index, self._states], args=args)
+        except (RedisError, OSError) as e:
+            raise_if_cancelled()
+            for presence, (_, metrics) in chunk:
+                presence._failed(e, metrics)
+        else:
+            for presence, _ in chunk:
+                presence._written()
 
 
 async def live_verifiers(redis: aioredis.Redis, issuer: str, now: float) -> list[dict[str, Any]]:

@@ -5,8 +5,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from subscriber.presence import Presence
-from tests.subscriber.conftest import Issuer, eventually
+from subscriber.presence import Presence, live_verifiers
+from tests.subscriber.conftest import ISSUER, Issuer, eventually
 
 
 async def calls(redis: aioredis.Redis, *commands: str) -> dict[str, int]:
@@ -46,10 +46,28 @@ async def test_an_event_reaches_every_follower_through_the_watchs_read(issuer: I
 
 async def test_a_heartbeat_is_one_command(issuer: Issuer) -> None:
     presence = Presence(issuer.redis, "https://issuer.test", "host:1:abc", issuer.clock, 30.0)
-    async with issuer.verifier() as verifier:
+    async with issuer.verifier(presence=False) as verifier:  # only our beats below
         await presence.beat(verifier.heartbeat_record())  # loads the script
         before = await calls(issuer.redis, "evalsha", "eval", "multi", "exec", "zadd")
         await presence.beat(verifier.heartbeat_record())
         after = await calls(issuer.redis, "evalsha", "eval", "multi", "exec", "zadd")
     sent = {c: after[c] - before[c] for c in after}
     assert sent == {"evalsha": 1, "eval": 0, "multi": 0, "exec": 0, "zadd": 1}, sent
+
+
+async def test_idle_heartbeats_of_a_process_are_refreshed_in_one_call(issuer: Issuer) -> None:
+    options = {"heartbeat_interval_s": 0.2, "heartbeat_ttl_s": 0.6, "block_ms": 100}
+    verifiers = [issuer.verifier(**options) for _ in range(20)]
+    for verifier in verifiers:
+        await verifier.start()
+    await asyncio.sleep(0.3)  # every instance has written its own first record
+    before = await calls(issuer.redis, "evalsha", "eval")
+    for _ in range(5):  # five refresh periods; the records' clock moves 1.5 s, 2.5 TTLs
+        await asyncio.sleep(0.2)
+        issuer.clock.advance(0.3)
+    after = await calls(issuer.redis, "evalsha", "eval")
+    sent = sum(after.values()) - sum(before.values())
+    # One call per period for the twenty (alone: twenty per period, a hundred here).
+    assert sent <= 8, sent
+    live = await live_verifiers(issuer.redis, ISSUER, issuer.clock())
+    assert {v.instance_id for v in verifiers} <= {r["instance_id"] for r in live}
