@@ -300,10 +300,17 @@ class Ledger:
 
     async def signed_snapshot(self) -> SignedSnapshot:
         """The key set as a JWS signed by the announcement key; signed anew once per version
-        and at least every ``freshness_interval_s``."""
-        snap = await self.snapshot()
-        now = self.clock()
+        and at least every ``freshness_interval_s``.
+
+        A signed snapshot still young enough is served after one ``HMGET`` of the store's
+        ``(epoch, version)``: it was rendered from authenticated state, and any change to the
+        store moves that pair (or fails authentication when it is next read in full)."""
         cached = self._signed
+        now = self.clock()
+        if cached is not None and 0 <= now - cached.iat < self.freshness_interval_s:
+            if await self.store.head() == (cached.epoch, cached.version):
+                return cached
+        snap = await self.snapshot()
         if (
             cached is not None
             and (cached.epoch, cached.version) == (snap.epoch, snap.version)
