@@ -29,9 +29,8 @@ clients the slot owner, and a plain client reconnects (a managed service's DNS n
 when a write lands on a read-only replica; each command is retried with jittered backoff.
 """
 
-import itertools
 import random
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, cast
 from urllib.parse import parse_qsl, unquote, urlencode, urlsplit
@@ -229,28 +228,37 @@ def _addresses(text: str, default_port: int) -> tuple[Address, ...]:
 
 
 class _Rotation:
-    """Replica addresses in a random rotation, then the primary as a last resort."""
+    """The replicas from a random start, then the primary as a last resort. Every connection
+    of a pool goes to the current address; a failed connect moves the pool on to the next."""
 
     def __init__(self, replicas: tuple[Address, ...], primary: Address) -> None:
         start = random.randrange(len(replicas))
-        self._cycle: Iterator[Address] = itertools.cycle(
-            [*replicas[start:], *replicas[:start], primary]
-        )
+        self._order = [*replicas[start:], *replicas[:start], primary]
+        self._at = 0
 
-    def next(self) -> Address:
-        return next(self._cycle)
+    def current(self) -> Address:
+        return self._order[self._at]
+
+    def failed(self, address: Address) -> None:
+        if self._order[self._at] == address:
+            self._at = (self._at + 1) % len(self._order)
 
 
 class _ReplicaConnection(Connection):
-    """Connects to the next address of its pool's rotation on every (re)connect."""
+    """Connects to its pool's current replica (see :class:`_Rotation`)."""
 
     def __init__(self, *, rotation: _Rotation, **kwargs: Any) -> None:
         self._rotation = rotation
         super().__init__(**kwargs)
 
     async def _connect(self) -> None:
-        self.host, self.port = self._rotation.next()
-        await super()._connect()  # type: ignore[no-untyped-call]
+        address = self._rotation.current()
+        self.host, self.port = address
+        try:
+            await super()._connect()  # type: ignore[no-untyped-call]
+        except (OSError, TimeoutError):
+            self._rotation.failed(address)  # redis-py's retry reconnects to the next one
+            raise
 
 
 class _ReplicaSSLConnection(_ReplicaConnection, SSLConnection):

@@ -145,3 +145,19 @@ async def test_a_transition_no_replica_holds_is_a_503(nodes) -> None:
         refused = await http.post("/admin/rotate", headers=ADMIN)
         assert refused.status_code == 503 and refused.json()["error"] == "not_replicated"
         assert refused.headers["Retry-After"]
+
+
+async def test_a_dead_listed_replica_moves_the_stream_to_the_next_address(nodes) -> None:
+    primary, replica = nodes
+    url = f"redis://{primary.address}/0"
+    async for http in _issuer(url):
+        async with _verifier(f"{url}?replicas={replica.address}", http) as verifier:
+            replica.kill()
+            added = await http.post("/admin/rotate", headers=ADMIN)
+            kid = added.json()["events"][0]["kid"]
+            for _ in range(200):
+                if kid in verifier.health().kids and verifier.health().state == "live":
+                    break
+                await asyncio.sleep(0.05)
+            assert kid in verifier.health().kids
+            assert verifier.health().state == "live"
