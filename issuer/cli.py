@@ -6,13 +6,12 @@ import logging
 import os
 import re
 import textwrap
-from urllib.parse import urlsplit
 
-import redis.asyncio as aioredis
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from keyherald.errors import CommandError, ConfigurationError, settings_problems
+from subscriber.redis_conn import connect, redact
 
 from .errors import ConfigError
 from .kek import Kek
@@ -103,19 +102,18 @@ def _env_names(message: str) -> str:
 
 
 async def _check_redis(url: str, timeout_s: float) -> None:
-    client = aioredis.Redis.from_url(
-        url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s
-    )
+    # The same clients the issuer builds: a Sentinel or Cluster URL is checked through them.
+    clients = connect(url, setting="KEYHERALD_REDIS_URL", socket_timeout_s=timeout_s)
     try:
-        await client.ping()
+        await clients.primary.ping()
     except (RedisError, OSError) as e:
-        where = urlsplit(url)
+        where = ",".join(f"{host}:{port}" for host, port in clients.target.hosts) or redact(url)
         raise CommandError(
-            f"cannot reach Redis at {where.hostname}:{where.port or 6379} "
+            f"cannot reach Redis at {where} "
             f"({type(e).__name__}: {e}): start it, or set KEYHERALD_REDIS_URL"
         ) from e
     finally:
-        await client.aclose()
+        await clients.aclose()
 
 
 def run(args: argparse.Namespace) -> int:

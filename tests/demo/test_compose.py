@@ -19,13 +19,14 @@ from typing import Any
 
 import httpx
 import pytest
+import redis as redis_sync
 import redis.asyncio as aioredis
 import yaml
 
 from keyherald.demo.procs import Supervisor, http_ready, keyherald_argv
 from keyherald.demo.profile import DEMO
 from keyherald.observe import EventTail, IssuerClient
-from keyherald.redis_server import free_port
+from keyherald.redis_server import find_redis_server, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -52,9 +53,23 @@ def command_of(service: dict[str, Any]) -> list[str]:
     return shlex.split(command) if isinstance(command, str) else list(command)
 
 
-def keyherald_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def profile_services(compose: dict[str, Any], profile: str | None) -> dict[str, dict[str, Any]]:
+    """The services ``docker compose [--profile P] up`` adds for ``profile`` (``None``: the
+    services without a profile, the ones every ``up`` starts)."""
     return {
-        name: svc for name, svc in compose["services"].items() if command_of(svc)[0] == "keyherald"
+        name: svc
+        for name, svc in compose["services"].items()
+        if (profile in svc["profiles"] if "profiles" in svc else profile is None)
+    }
+
+
+def keyherald_services(
+    compose: dict[str, Any], profile: str | None = None
+) -> dict[str, dict[str, Any]]:
+    return {
+        name: svc
+        for name, svc in profile_services(compose, profile).items()
+        if command_of(svc)[0] == "keyherald"
     }
 
 
@@ -78,12 +93,13 @@ def start_order(services: dict[str, dict[str, Any]]) -> list[str]:
 class LocalCompose:
     """The compose services, rewritten to run on 127.0.0.1 next to each other."""
 
-    def __init__(self, compose: dict[str, Any], redis_url: str) -> None:
-        self.services = keyherald_services(compose)
+    def __init__(self, compose: dict[str, Any], redis_url: str, profile: str | None = None) -> None:
+        self.services = keyherald_services(compose, profile)
         self.ports: dict[tuple[str, int], int] = {}
-        for name, svc in self.services.items():
+        for name, svc in profile_services(compose, profile).items():
             cmd = command_of(svc)
-            self.ports[(name, int(cmd[cmd.index("--port") + 1]))] = free_port()
+            if "--port" in cmd:
+                self.ports[(name, int(cmd[cmd.index("--port") + 1]))] = free_port()
         self.redis_url = redis_url
 
     def port(self, name: str) -> int:
@@ -99,7 +115,27 @@ class LocalCompose:
             new = self.ports.get((host, port))
             return f"{match['scheme']}://127.0.0.1:{new}" if new else match[0]
 
-        return _URL.sub(local, text)
+        text = _URL.sub(local, text)
+        # redis+sentinel://host:port,host:port/…: every compose host:port of this profile.
+        for (host, port), new in self.ports.items():
+            text = text.replace(f"{host}:{port}", f"127.0.0.1:{new}")
+        return text
+
+    def redis_command(self, name: str, services: dict[str, dict[str, Any]]) -> list[str]:
+        """A redis-server (or sentinel) command on loopback: its own ``--port`` and every
+        ``<service> <port>`` pair it names become local ports, hostnames 127.0.0.1."""
+        cmd = command_of(services[name])
+        out: list[str] = []
+        for i, part in enumerate(cmd):
+            if i and cmd[i - 1] == "--port":
+                out.append(str(self.port(name)))
+            elif i and cmd[i - 1] in services and part.isdigit():
+                out.append(str(self.ports[(cmd[i - 1], int(part))]))
+            elif part in services:
+                out.append("127.0.0.1")
+            else:
+                out.append(part)
+        return out
 
     def command(self, name: str) -> list[str]:
         cmd = [self.rewrite(part, name) for part in command_of(self.services[name])]
@@ -127,7 +163,7 @@ class LocalCompose:
 
 def test_every_service_runs_a_plain_keyherald_command() -> None:
     compose = load_compose()
-    assert set(compose["services"]) == {
+    assert set(profile_services(compose, None)) == {
         "redis",
         "issuer",
         "relay",
@@ -137,7 +173,20 @@ def test_every_service_runs_a_plain_keyherald_command() -> None:
         "loadgen",
     }
     assert "--appendonly yes" in compose["services"]["redis"]["command"]
-    for name, svc in keyherald_services(compose).items():
+    assert set(profile_services(compose, "ha")) == {
+        "redis-primary",
+        "redis-replica-1",
+        "redis-replica-2",
+        "redis-sentinel-1",
+        "redis-sentinel-2",
+        "redis-sentinel-3",
+        "issuer-ha",
+        "api-ha",
+    }
+    for name, svc in [
+        *keyherald_services(compose).items(),
+        *keyherald_services(compose, "ha").items(),
+    ]:
         assert svc["env_file"] == "deploy/keyherald.env", name
         assert "--port" in command_of(svc) and "--host" in command_of(svc), name
         assert svc["healthcheck"]["test"][:2] == ["CMD", "keyherald"], name
@@ -235,3 +284,105 @@ def test_local_rewrite_maps_every_service_address() -> None:
         hosts = re.findall(r"://([^:/]+)", env[key])
         assert hosts and set(hosts) == {"127.0.0.1"}, (key, env[key])
     assert sys.executable in keyherald_argv(lc.command("issuer"))
+
+
+def _start_redis(lc: LocalCompose, services: dict[str, Any], name: str, root: Path) -> Any:
+    """One redis-server or sentinel of the profile, as the container would run it: in its
+    own working directory (a sentinel's entrypoint leaves an empty ``sentinel.conf`` there)."""
+    binary = find_redis_server()
+    assert binary is not None
+    work = root / name
+    work.mkdir()
+    (work / "sentinel.conf").touch()
+    cmd = lc.redis_command(name, services)
+    assert cmd[0] == "redis-server", cmd
+    with (work / "redis.log").open("ab") as log:
+        return subprocess.Popen(
+            [binary, *cmd[1:], "--bind", "127.0.0.1"], cwd=work, stdout=log, stderr=log
+        )
+
+
+def _until(check: Any, what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except (OSError, redis_sync.RedisError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.timeout(60)
+async def test_ha_profile_commands_rotate_over_sentinel(tmp_path) -> None:
+    binary = find_redis_server()
+    version = subprocess.run([binary or "false", "--version"], capture_output=True, text=True)
+    if binary is None or not re.search(r"v=([7-9]|\d\d)\.", version.stdout):
+        pytest.skip(f"the ha profile needs redis-server 7: {version.stdout.strip() or 'none'}")
+    compose = load_compose()
+    services = profile_services(compose, "ha")
+    lc = LocalCompose(compose, "unused://", profile="ha")
+    redis_names = [n for n in start_order(services) if n not in lc.services]
+    procs: list[subprocess.Popen[bytes]] = []
+    clients: list[redis_sync.Redis] = []
+
+    def client(name: str) -> redis_sync.Redis:
+        clients.append(redis_sync.Redis(port=lc.port(name), socket_timeout=2))
+        return clients[-1]
+
+    try:
+        for name in redis_names:
+            procs.append(_start_redis(lc, services, name, tmp_path))
+            _until(client(name).ping, f"{name} answering")
+        for name in redis_names:
+            if name.startswith("redis-sentinel"):
+                sentinel = client(name)
+                _until(
+                    lambda s=sentinel: (
+                        (m := s.sentinel_master("keyherald"))["num-slaves"] == 2
+                        and m["num-other-sentinels"] == 2
+                    ),
+                    f"{name} to see 2 replicas and 2 other sentinels",
+                )
+        env = lc.env("api-ha")
+        assert env["KEYHERALD_REDIS_URL"].startswith("redis+sentinel://127.0.0.1:")
+        assert env["KEYHERALD_REDIS_URL"].endswith("/keyherald/0?read_from=replica")
+        with Supervisor(tmp_path) as sup:
+            for name in start_order(lc.services):
+                sup.start(
+                    name, lc.command(name), env=lc.env(name), ready=http_ready(lc.health_url(name))
+                )
+                await asyncio.to_thread(sup.wait_ready, 40, [name])
+            admin = {"Authorization": f"Bearer {lc.env('issuer-ha')['KEYHERALD_ADMIN_TOKEN']}"}
+            issuer = f"http://127.0.0.1:{lc.port('issuer-ha')}"
+            api = f"http://127.0.0.1:{lc.port('api-ha')}"
+            async with httpx.AsyncClient(timeout=5.0) as http:
+                rotated = await http.post(f"{issuer}/admin/rotate", headers=admin)
+                assert rotated.status_code == 201, rotated.text
+                kid = rotated.json()["events"][0]["kid"]
+                deadline = time.monotonic() + 10
+                while kid not in (await http.get(f"{api}/healthz")).json()["kids"]:
+                    assert time.monotonic() < deadline, "api-ha never heard of the new key"
+                    await asyncio.sleep(0.1)
+                minted = await http.post(
+                    f"{issuer}/admin/tokens",
+                    headers=admin,
+                    json={"sub": "ha", "aud": "orders-api", "ttl_s": 8},
+                )
+                assert minted.status_code == 200, minted.text
+                token = minted.json()["token"]
+                orders = await http.get(
+                    f"{api}/orders", headers={"Authorization": f"Bearer {token}"}
+                )
+                assert orders.status_code == 200, orders.text
+            sup.check_alive()
+        # The API follows the stream from a replica (the issuer reads its own on the primary).
+        replicas = [client(f"redis-replica-{i}") for i in (1, 2)]
+        assert any("cmdstat_xread" in r.info("commandstats") for r in replicas)
+    finally:
+        for c in clients:
+            c.close()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
