@@ -1,10 +1,17 @@
 """What a verifier reports about itself: ``Verifier.health()`` and the ``keyherald_state`` gauge.
 
-- ``live``: following the stream, with a signed freshness record younger than the bound.
-- ``degraded``: the stream is unreachable or silent; the signed snapshot is polled.
-- ``failed``: the stream follower died and is being restarted; behaves as ``degraded``.
-- ``stale``: nothing confirmed the key set for the maximum staleness; tokens are refused by
-  default.
+- ``live``: following the stream, and the issuer's newest signed freshness record (or snapshot)
+  matches the key set held and is younger than the freshness bound; an unknown ``kid`` is
+  refused at once, with no network.
+- ``degraded``: the stream is unreachable, or silent past the freshness bound (withheld
+  events, a dead issuer, a stuck connection); the last known-good keys keep verifying, the
+  signed snapshot is polled, and an unknown ``kid`` may trigger one background refresh per
+  cooldown.
+- ``failed``: the stream follower died (a bug, an incompatible dependency) and is being
+  restarted with backoff; the verifier behaves as ``degraded`` until it follows again.
+- ``stale``: nothing confirmed the key set (freshness record or snapshot) for
+  ``max_staleness_s``; tokens are refused (``keys_stale``) unless
+  ``stale_policy="keep_verifying"``.
 """
 
 from collections.abc import Mapping

@@ -8,70 +8,46 @@
 
 Three background tasks keep the cache current: the stream follower (``follower.py``), a poller
 of the signed snapshot that only polls while the verifier is not live, and the presence
-heartbeat. States:
-
-- ``live``: following the stream, and the issuer's newest signed freshness record (or snapshot)
-  matches the key set held and is younger than the freshness bound; an unknown ``kid`` is
-  refused at once, with no network.
-- ``degraded``: the stream is unreachable, or silent past the freshness bound (withheld
-  events, a dead issuer, a stuck connection); the last known-good keys keep verifying, the
-  signed snapshot is polled, and an unknown ``kid`` may trigger one background refresh per
-  cooldown.
-- ``failed``: the stream follower died (a bug, an incompatible dependency) and is being
-  restarted with backoff; the verifier behaves as ``degraded`` until it follows again.
-- ``stale``: nothing confirmed the key set (freshness record or snapshot) for
-  ``max_staleness_s``; tokens are refused (``keys_stale``) unless
-  ``stale_policy="keep_verifying"``.
+heartbeat. Its states (``live``, ``degraded``, ``failed``, ``stale``) are described in
+:mod:`subscriber.health` and decided by :mod:`subscriber.liveness`; what it knows and reports
+about itself is kept by :mod:`subscriber.status`. Its settings are checked by
+:mod:`subscriber.config`, and its key sources are wired by :mod:`subscriber.key_sources`.
 """
 
 import asyncio
 import contextlib
 import logging
 import math
-import os
-import socket
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from prometheus_client import REGISTRY, CollectorRegistry
-from redis.exceptions import MaxClientsReachedError, RedisError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay
-from tenacity import wait_random_exponential as wait_jittered
+from redis.exceptions import RedisError
 
 from . import clients, constants
 from .clock import Clock, system_clock
-from .errors import FetchError, InvalidKey, InvalidToken, KeyNotFound, KeyNotUsable
-from .events import Event, load_announcement_keys
+from .config import StalePolicy, check_config
+from .errors import InvalidToken, KeyNotFound, KeyNotUsable
 from .follower import StreamFollower
-from .health import Health, State
-from .history import Freshness, KeySetSnapshot
+from .health import Health
 from .jwk import SUPPORTED_ALGS
-from .jwks_client import JwksClient, Metadata, announcer_base
 from .jws import strict_json_object
+from .key_sources import KeySources
 from .keyset import KeySet
+from .liveness import Liveness
 from .metrics import Metrics, metrics_for
 from .miss_hints import MissHints
 from .presence import HeartbeatRecord, Presence, new_instance_id
-from .redis_conn import RedisClients, parse_redis_url
-from .redis_keys import event_stream, freshness_stream
+from .redis_conn import RedisClients
 from .refresher import JwksRefresher
+from .status import VerifierStatus
 from .supervisor import supervise
 from .token_cache import TokenCache
-from .upstream_fallback import UpstreamFallback
-from .verify import VerifyOptions, check_claims, verify_signature
+from .verify import check_claims, verify_signature
 
 logger = logging.getLogger(__name__)
-
-StalePolicy = Literal["fail_closed", "keep_verifying"]
-
-
-def _positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{name} must be greater than 0, the input is {value!r}")
-    return float(value)
 
 
 class Verifier:
@@ -160,106 +136,75 @@ class Verifier:
         miss_hint_interval_s: float = constants.miss_hint_interval_s,
         start_timeout_s: float = constants.start_timeout_s,
     ) -> None:
-        if (redis_url is None) == (redis is None):
-            raise ValueError("pass exactly one of redis_url and redis")
-        self._target = parse_redis_url(redis_url, setting="redis_url") if redis_url else None
-        if isinstance(start_timeout_s, bool) or not start_timeout_s >= 0:
-            raise ValueError(f"start_timeout_s must be 0 or more, the input is {start_timeout_s!r}")
-        self._start_timeout_s = float(start_timeout_s)
-        if stale_policy not in ("fail_closed", "keep_verifying"):
-            raise ValueError(
-                f'stale_policy must be "fail_closed" or "keep_verifying", '
-                f'the input is "{stale_policy}"'
-            )
-        if not _positive("max_poll_interval_s", max_poll_interval_s) >= min_poll_interval_s:
-            raise ValueError(
-                f"max_poll_interval_s ({max_poll_interval_s}) is below "
-                f"min_poll_interval_s ({min_poll_interval_s})"
-            )
-        if _positive("heartbeat_ttl_s", heartbeat_ttl_s) <= heartbeat_interval_s:
-            raise ValueError(
-                f"heartbeat_ttl_s ({heartbeat_ttl_s}) must exceed "
-                f"heartbeat_interval_s ({heartbeat_interval_s})"
-            )
-        self._announcer_url: str | None = None
-        if isinstance(announcer, str):
-            self._announcer_url = announcer
-        elif announcer is not None:
-            if announcement_keys is not None:
-                raise ValueError("pass the announcement keys once: announcer or announcement_keys")
-            if snapshot_url is None:
-                raise ValueError(
-                    "announcer given as pinned keys needs snapshot_url (the watcher's signed "
-                    "snapshot of this issuer)"
-                )
-            announcement_keys = list(announcer)
-        self._upstream = announcer is not None
-        self._hint_interval_s = _positive("miss_hint_interval_s", miss_hint_interval_s)
-        self.issuer = issuer
-        self.options = VerifyOptions(
-            issuer=issuer, audience=audience, algorithms=algorithms, leeway_s=leeway_s, typ=typ
+        self._config = config = check_config(
+            issuer=issuer,
+            audience=audience,
+            algorithms=algorithms,
+            typ=typ,
+            redis_url=redis_url,
+            has_redis=redis is not None,
+            snapshot_url=snapshot_url,
+            stream=stream,
+            leeway_s=leeway_s,
+            announcement_keys=announcement_keys,
+            stale_policy=stale_policy,
+            max_staleness_s=max_staleness_s,
+            unknown_kid_cooldown_s=unknown_kid_cooldown_s,
+            min_poll_interval_s=min_poll_interval_s,
+            max_poll_interval_s=max_poll_interval_s,
+            presence=presence,
+            service=service,
+            heartbeat_interval_s=heartbeat_interval_s,
+            heartbeat_ttl_s=heartbeat_ttl_s,
+            block_ms=block_ms,
+            token_cache_size=token_cache_size,
+            freshness_bound_s=freshness_bound_s,
+            announcer=announcer,
+            miss_hint_interval_s=miss_hint_interval_s,
+            start_timeout_s=start_timeout_s,
         )
+        self.issuer = issuer
+        self.options = config.verify_options
         self._redis_url, self._redis = redis_url, redis
-        self._snapshot_url, self._stream = snapshot_url, stream
-        self._pinned = list(announcement_keys) if announcement_keys is not None else None
-        if self._pinned is not None:
-            load_announcement_keys(self._pinned)  # refuse a bad pin now, not at start
         self._clock = clock
         self._http = http_client
-        self._fail_closed = stale_policy == "fail_closed"
-        self._max_staleness_s = _positive("max_staleness_s", max_staleness_s)
-        self._cooldown_s = _positive("unknown_kid_cooldown_s", unknown_kid_cooldown_s)
-        self._poll_bounds = (
-            _positive("min_poll_interval_s", min_poll_interval_s),
-            max_poll_interval_s,
+        # Written by the event loop, read by verify() on any thread: plain attributes (here
+        # and in Liveness) whose single assignments are atomic.
+        self._liveness = liveness = Liveness(
+            clock,
+            leeway_s=config.leeway_s,
+            max_staleness_s=config.max_staleness_s,
+            fixed_bound_s=config.freshness_bound_s,
         )
-        self._presence_on, self._service = presence, service
-        self._heartbeat_interval_s = _positive("heartbeat_interval_s", heartbeat_interval_s)
-        self._heartbeat_ttl_s = heartbeat_ttl_s
-        self._block_ms = int(_positive("block_ms", block_ms))
-        self._leeway_s = leeway_s
-        self._fixed_bound_s = (
-            None if freshness_bound_s is None else _positive("freshness_bound_s", freshness_bound_s)
-        )
-        self._fresh_bound_s = self._bound_for(constants.freshness_interval_s)
-        self._fresh_at = -math.inf
+        # Bound once, so the hot path pays what it did when these were the verifier's own.
+        self._is_live = liveness.is_live
+        # inf under keep_verifying, so the staleness test costs verify() what it did.
+        self._stale_after_s = config.max_staleness_s if config.fail_closed else math.inf
         self._metrics = metrics_for(registry)
         self._count = self._metrics.verifications.add
         self._valid = self._metrics.verifications.counter("ok")
-        self._lag_gauge = self._metrics.child(self._metrics.stream_lag, issuer)
-        self._version_gauge = self._metrics.child(self._metrics.keyset_version, issuer)
         self.instance_id = new_instance_id()
-        if (
-            isinstance(token_cache_size, bool)
-            or not isinstance(token_cache_size, int)
-            or token_cache_size < 0
-        ):
-            raise ValueError(
-                f"token_cache_size must be an integer >= 0, the input is {token_cache_size!r}"
-            )
         self.keyset = KeySet(
-            issuer, TokenCache(token_cache_size, constants.token_cache_max_token_chars)
+            issuer, TokenCache(config.token_cache_size, constants.token_cache_max_token_chars)
+        )
+        self._status = VerifierStatus(
+            issuer=issuer,
+            instance_id=self.instance_id,
+            keyset=self.keyset,
+            liveness=liveness,
+            clock=clock,
+            metrics=self._metrics,
         )
         # None when off, so the hot path pays one test for it.
-        self._tokens = self.keyset.tokens if token_cache_size else None
-        # Written by the event loop, read by verify() on any thread: plain attributes whose
-        # single assignments are atomic.
+        self._tokens = self.keyset.tokens if config.token_cache_size else None
         self._running = False
-        self._connected = False
-        self._confirmed_at = -math.inf
-        self._last_event_ts: float | None = None
-        self._lag_s: float | None = None
-        self._restarts = 0
-        self._failure: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._own_redis: RedisClients | None = None
-        self._redis_error: str | None = None
         self._own_http: httpx.AsyncClient | None = None
         self._presence: Presence | None = None
         self._refresher: JwksRefresher | None = None
         self._hints: MissHints | None = None
-        self._fallback: UpstreamFallback | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -280,8 +225,6 @@ class Verifier:
         if self._loop is not None:
             raise RuntimeError("a Verifier can be started once")
         self._loop = asyncio.get_running_loop()
-        self._degraded = asyncio.Event()
-        self._dirty = asyncio.Event()
         try:
             await self._bootstrap()
         except BaseException:
@@ -289,6 +232,7 @@ class Verifier:
             raise
 
     async def _bootstrap(self) -> None:
+        config, status = self._config, self._status
         # Shared with the other verifiers of this loop (subscriber/clients.py).
         stream_redis = self._redis
         if self._redis is None:
@@ -299,96 +243,52 @@ class Verifier:
         assert stream_redis is not None
         if self._http is None:
             self._http = self._own_http = clients.acquire_http(constants.http_timeout_s)
-        snapshot_url, metadata_url = self._snapshot_url, None
-        if self._announcer_url is not None:
-            base = announcer_base(self._announcer_url, self.issuer)
-            snapshot_url = snapshot_url or base + constants.SNAPSHOT_PATH
-            metadata_url = base + constants.METADATA_PATH
-        self._jwks = JwksClient(
-            self._http, self.issuer, snapshot_url=snapshot_url, metadata_url=metadata_url
-        )
-        if self._upstream:
-            self._fallback = UpstreamFallback(
-                self._http, self.issuer, self._clock, self._cooldown_s
-            )
-            self._hints = MissHints(
-                self._redis, self.issuer, self.instance_id, self._clock, self._hint_interval_s
-            )
-            self._hints.bind(asyncio.get_running_loop(), self._spawn)
-        self._announcement_keys: Mapping[str, Ed25519PublicKey] = {}
-        self._refresher = refresher = JwksRefresher(
-            client=self._jwks,
-            keyset=self.keyset,
-            clock=self._clock,
-            metrics=self._metrics,
-            cooldown_s=self._cooldown_s,
-            poll_bounds_s=self._poll_bounds,
-            after_adopt=self._after_adopt,
-            announcement_keys=lambda: self._announcement_keys,
-            reload_announcement_keys=self._refresh_announcement_keys,
-            leeway_s=self._leeway_s,
-            fallback=self._fall_back if self._upstream else None,
-        )
-        refresher.bind(asyncio.get_running_loop(), self._spawn)
-        metadata: Metadata | None = None
-        if self._pinned is None or snapshot_url is None:
-            metadata = await self._fetch_metadata()
-        pinned = (
-            self._pinned if self._pinned is not None else metadata and metadata.announcement_keys
-        )
-        if not pinned:
-            raise FetchError(f"issuer {self.issuer} announces no announcement keys")
-        stream = self._stream or (metadata and metadata.stream) or event_stream(self.issuer)
-        if metadata is not None and metadata.freshness_interval_s is not None:
-            self._fresh_bound_s = self._bound_for(metadata.freshness_interval_s)
-        self._announcement_keys = load_announcement_keys(pinned)
-        self._follower = StreamFollower(
-            redis=stream_redis,
-            stream=stream,
-            keyset=self.keyset,
+        sources = KeySources(
+            config=config,
             issuer=self.issuer,
-            announcement_keys=self._announcement_keys,
-            fresh_stream=(metadata and metadata.freshness_stream) or freshness_stream(self.issuer),
-            on_fresh=self._on_fresh,
-            refresh_jwks=lambda: refresher.refresh("resync", fresh=True),
-            request_refresh=refresher.request,
-            on_connected=self._on_connected,
-            on_applied=self._on_applied,
+            keyset=self.keyset,
             clock=self._clock,
             metrics=self._metrics,
-            block_ms=self._block_ms,
-            on_error=self._on_redis_error,
+            liveness=self._liveness,
+            http=self._http,
+            redis=self._redis,
+            instance_id=self.instance_id,
+            spawn=self._spawn,
+            after_adopt=status.after_adopt,
+            on_change=status.dirty.set,
         )
-        try:
-            await self._follower.resync("bootstrap")
-            synced = True
-        except (RedisError, OSError, FetchError) as e:
-            if isinstance(e, FetchError) and not self._upstream:
-                raise
-            if not isinstance(e, FetchError):
-                self._on_redis_error(e)
-            logger.warning("stream %s unreachable at start (%s), degraded", stream, e)
-            await refresher.refresh("bootstrap")
-            synced = False
+        self._jwks, self._hints = sources.jwks, sources.hints
+        self._refresher = refresher = sources.refresher
+        self._follower: StreamFollower = await sources.follow(
+            stream_redis,
+            on_fresh=status.on_fresh,
+            on_connected=status.on_connected,
+            on_applied=status.on_applied,
+            on_error=status.on_redis_error,
+        )
+        synced = await sources.first_sync()
         self._running = True
-        self._on_connected(synced)
-        follower = self._follower
+        status.on_connected(synced)
+        follower, liveness = self._follower, self._liveness
         # A restarted follower resyncs first: the bootstrap's sync is only good once.
         self._supervise("follower", lambda restarts: follower.run(synced=synced and not restarts))
         self._supervise(
             "poller",
             lambda _: refresher.poll(
-                self._degraded, self._is_live, lambda: self._confirmed_at, self._fresh_bound_s / 4
+                liveness.degraded,
+                self._is_live,
+                lambda: liveness.confirmed_at,
+                liveness.bound_s / 4,
             ),
         )
-        if self._presence_on:
+        if config.presence:
             self._presence = presence = Presence(
-                self._redis, self.issuer, self.instance_id, self._clock, self._heartbeat_ttl_s
+                self._redis, self.issuer, self.instance_id, self._clock, config.heartbeat_ttl_s
             )
             self._supervise(
                 "heartbeat",
                 lambda _: presence.run(
-                    self.heartbeat_record, self._dirty, self._heartbeat_interval_s, self._metrics
+                    self.heartbeat_record, status.dirty, config.heartbeat_interval_s, self._metrics
                 ),
             )
         logger.info(
@@ -396,23 +296,6 @@ class Verifier:
             self.health().state,
             extra={"version": self.keyset.version, "instance_id": self.instance_id},
         )
-
-    async def _fetch_metadata(self) -> Metadata:
-        # A fleet restarted at once would hit the issuer in lockstep: jittered retries.
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(FetchError),
-            wait=wait_jittered(multiplier=0.2, max=3.0),
-            stop=stop_after_delay(self._start_timeout_s),
-            before_sleep=lambda state: logger.info(
-                "issuer metadata unavailable (%s), retrying",
-                state.outcome.exception() if state.outcome else None,
-            ),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self._jwks.fetch_metadata()
-        raise AssertionError("unreachable")  # pragma: no cover
 
     async def aclose(self) -> None:
         """Stop the background tasks, say goodbye in the presence index, close owned clients."""
@@ -444,19 +327,8 @@ class Verifier:
 
     def _supervise(self, name: str, start: Callable[[int], Coroutine[Any, Any, object]]) -> None:
         self._spawn(
-            supervise(name, start, metrics=self._metrics, on_death=self._on_task_death), name
+            supervise(name, start, metrics=self._metrics, on_death=self._status.on_task_death), name
         )
-
-    def _on_task_death(self, name: str, error: BaseException) -> None:
-        self._restarts += 1
-        if name != "follower":
-            return
-        # Nothing follows the stream any more: stop claiming to, so the poller takes over and
-        # readiness probes (and the issuer's confirmed gate, through the heartbeat) see it.
-        self._failure = f"follower died: {type(error).__name__}"
-        self._on_connected(False)
-        self._publish_state()
-        self._dirty.set()
 
     def _task_done(self, task: "asyncio.Task[Any]") -> None:
         self._tasks.discard(task)
@@ -482,7 +354,7 @@ class Verifier:
         now = self._clock()
         tokens = self._tokens
         try:
-            if self._fail_closed and now - self._confirmed_at > self._max_staleness_s:
+            if now - self._liveness.confirmed_at > self._stale_after_s:
                 raise KeyNotUsable(
                     "keys are stale: nothing confirmed them for too long", reason="keys_stale"
                 )
@@ -512,183 +384,13 @@ class Verifier:
         next(self._valid)
         return claims
 
-    # -- JWKS ------------------------------------------------------------------------------
-
-    async def _after_adopt(self, now: float, changed: bool, snapshot: KeySetSnapshot) -> None:
-        if snapshot.freshness_interval_s is not None:
-            self._fresh_bound_s = self._bound_for(snapshot.freshness_interval_s)
-        view = self.keyset.view
-        if (view.epoch, view.version, view.digest) == (
-            snapshot.epoch,
-            snapshot.version,
-            snapshot.digest,
-        ):
-            self._confirm(snapshot.iat)
-        if changed:
-            self._version_gauge.set(self.keyset.version)
-            self._dirty.set()
-
-    async def _fall_back(self, trigger: str) -> bool:
-        """Upstream mode, announcer out of reach: add the provider's own keys (fetched over
-        TLS from the provider, as any JWKS client would) to those held."""
-        assert self._fallback is not None
-        try:
-            keys = await self._fallback.fetch()
-        except FetchError:
-            self._metrics.child(self._metrics.jwks_fetches, "upstream", "error").inc()
-            raise
-        if keys is None:
-            return False  # inside the cooldown
-        self._metrics.child(self._metrics.jwks_fetches, "upstream", "ok").inc()
-        now = self._clock()
-        self._confirmed_at = now
-        added = self.keyset.overlay(keys.keys, now)
-        if added:
-            logger.warning(
-                "announcer unreachable (%s): %d keys from the provider's own JWKS",
-                trigger,
-                len(added),
-                extra={"kids": added},
-            )
-            self._dirty.set()
-        return bool(added)
-
-    async def _refresh_announcement_keys(self) -> bool:
-        # An issuer started on an empty store draws a new announcement key; a snapshot signed
-        # by it is checked against the metadata's keys, fetched over HTTP from the issuer (never
-        # read from Redis). Pinned keys are never replaced from the network.
-        if self._pinned is not None:
-            return False
-        metadata = await self._jwks.fetch_metadata()
-        try:
-            keys = load_announcement_keys(metadata.announcement_keys)
-        except InvalidKey as e:
-            raise FetchError(f"metadata announcement keys unusable: {e}") from e
-        if not keys or keys.keys() == self._announcement_keys.keys():
-            return False
-        self._announcement_keys = keys
-        self._follower.announcement_keys = keys
-        logger.warning(
-            "announcement keys reloaded for epoch %s", metadata.epoch, extra={"kids": sorted(keys)}
-        )
-        return True
-
-    # -- freshness -------------------------------------------------------------------------
-
-    def _bound_for(self, interval_s: float) -> float:
-        if self._fixed_bound_s is not None:
-            return self._fixed_bound_s
-        return constants.freshness_intervals_allowed * interval_s + self._leeway_s
-
-    def _confirm(self, issued_at: float) -> None:
-        """The issuer vouched at ``issued_at`` for the key set we hold."""
-        self._fresh_at = max(self._fresh_at, issued_at)
-        self._confirmed_at = self._clock()
-        if self._connected:
-            self._degraded.clear()
-
-    def _on_fresh(self, record: Freshness) -> None:
-        was_live = self._is_live(self._clock())
-        self._confirm(record.ts)
-        if not was_live and self._is_live(self._clock()):
-            self._dirty.set()
-            logger.info("verifier live (fresh at %s)", record.ts)
-
-    def _is_live(self, now: float | None = None) -> bool:
-        """Following the stream, with a freshness record younger than the bound."""
-        now = self._clock() if now is None else now
-        return self._connected and now - self._fresh_at <= self._fresh_bound_s
-
-    # -- follower callbacks ----------------------------------------------------------------
-
-    def _on_redis_error(self, error: BaseException) -> None:
-        if isinstance(error, MaxClientsReachedError):
-            message = "maxclients: Redis refused the connection (max number of clients reached)"
-        else:
-            message = f"{type(error).__name__}: {error}"
-        if message != self._redis_error:
-            logger.warning("Redis error: %s", message, extra={"instance_id": self.instance_id})
-        self._redis_error = message
-
-    def _on_connected(self, connected: bool) -> None:
-        # Called on every XREAD reply too: that is where a silent stream (no freshness record
-        # within the bound) turns the verifier degraded and wakes the poller.
-        changed = connected != self._connected
-        self._connected = connected
-        if connected:
-            self._redis_error = None
-        if connected and self._failure is not None:
-            self._failure = None
-            logger.warning("stream follower recovered", extra={"instance_id": self.instance_id})
-        if self._is_live():
-            self._degraded.clear()
-        else:
-            self._degraded.set()
-        if not changed:
-            return
-        self._dirty.set()
-        state = self._publish_state()
-        logger.log(
-            logging.INFO if connected else logging.WARNING,
-            "verifier %s",
-            state,
-            extra={"version": self.keyset.version, "instance_id": self.instance_id},
-        )
-
-    def _on_applied(self, event: Event, now: float) -> None:
-        self._last_event_ts = event.ts
-        self._lag_s = max(0.0, now - event.ts)
-        self._lag_gauge.set(self._lag_s)
-        self._version_gauge.set(event.version)
-        self._dirty.set()
-
     # -- health and presence ---------------------------------------------------------------
-
-    def _state(self) -> State:
-        if self._is_live():
-            return "live"
-        if self._clock() - self._confirmed_at > self._max_staleness_s:
-            return "stale"
-        return "failed" if self._failure is not None else "degraded"
-
-    def _publish_state(self) -> State:
-        state = self._state()
-        self._metrics.set_state(self.issuer, state)
-        return state
 
     def health(self) -> Health:
         """The verifier's state, key-set version, kids held with their states, and lag."""
-        view = self.keyset.view
-        return Health(
-            state=self._publish_state(),
-            version=view.version,
-            epoch=view.epoch,
-            kids=dict(view.states),
-            lag_s=self._lag_s,
-            last_event_at=self._last_event_ts,
-            confirmed_at=self._confirmed_at if math.isfinite(self._confirmed_at) else None,
-            instance_id=self.instance_id,
-            restarts=self._restarts,
-            failure=self._failure,
-            heartbeat_error=self._presence.error if self._presence is not None else None,
-            fresh_at=self._fresh_at if math.isfinite(self._fresh_at) else None,
-            freshness_bound_s=self._fresh_bound_s,
-            redis_error=self._redis_error,
-        )
+        presence = self._presence
+        return self._status.health(presence.error if presence is not None else None)
 
     def heartbeat_record(self) -> HeartbeatRecord:
         """The presence record this instance publishes."""
-        view = self.keyset.view
-        return HeartbeatRecord(
-            instance_id=self.instance_id,
-            service=self._service,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            state=self._publish_state(),
-            epoch=view.epoch,
-            version=view.version,
-            kids=dict(view.first_held),
-            lag_ms=None if self._lag_s is None else round(self._lag_s * 1000, 3),
-            last_event_ts=self._last_event_ts,
-            updated_at=self._clock(),
-        )
+        return self._status.heartbeat_record(self._config.service)

@@ -113,7 +113,7 @@ async def test_a_verifier_refused_by_maxclients_says_so(nodes, caplog) -> None:
         # Room for the issuer and this client only (the replica's link counts too).
         await hog.config_set("maxclients", connected)
         try:
-            caplog.set_level(logging.WARNING, "subscriber.verifier")
+            caplog.set_level(logging.WARNING, "subscriber")
             async with _verifier(url, http) as verifier:
                 for _ in range(100):
                     if verifier.health().heartbeat_error is not None:

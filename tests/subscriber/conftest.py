@@ -87,7 +87,9 @@ class Issuer:
 
         def taken() -> bool:
             return all(
-                (v.health().fresh_at or 0.0) >= record.ts for v in self.verifiers if v._connected
+                (v.health().fresh_at or 0.0) >= record.ts
+                for v in self.verifiers
+                if v._liveness.connected
             )
 
         await eventually(taken, what="freshness record")
