@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request, status
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisClusterException
@@ -258,8 +258,12 @@ def _add_public_routes(app: FastAPI, authority: Authority, published: PublishedD
         responses={200: {"content": {"application/jwt": {}}}, 304: {"description": "unchanged"}},
         response_class=Response,
     )
-    async def signed_snapshot(if_none_match: Annotated[str | None, Header()] = None) -> Response:
-        signed = await authority.signed_snapshot()
+    async def signed_snapshot(request: Request) -> Response:
+        # From memory like the JWKS; the no-cache check of a storm of verifiers starting at
+        # once is one shared read of the store's head (issuer/published.py).
+        no_cache = "no-cache" in request.headers.get("cache-control", "")
+        signed = await published.snapshot(revalidate=no_cache)
+        if_none_match = request.headers.get("if-none-match")
         headers = {"Cache-Control": "no-cache", "ETag": signed.etag}
         if etag_matches(if_none_match, signed.etag):
             return Response(status_code=status.HTTP_304_NOT_MODIFIED, headers=headers)

@@ -330,6 +330,13 @@ class Ledger:
         )
         return self._signed
 
+    def young_signed_snapshot(self) -> SignedSnapshot | None:
+        """The signed snapshot last rendered, while it may still be served as it is."""
+        cached = self._signed
+        if cached is not None and 0 <= self.clock() - cached.iat < self.freshness_interval_s:
+            return cached
+        return None
+
     @property
     def snapshot_ttl_s(self) -> float:
         """How long a signed snapshot is valid: a few freshness intervals, at least a minute."""

@@ -32,7 +32,7 @@ from subscriber.redis_keys import event_stream
 
 from .authority import Authority
 from .errors import StoreError
-from .jwks import JwksDocument
+from .jwks import JwksDocument, SignedSnapshot
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class PublishedDocuments:
         self._following = False
         self._fresh = False
         self._generation = 0
+        self._head_read: asyncio.Future[bool] | None = None
 
     @property
     def fresh(self) -> bool:
@@ -80,7 +81,32 @@ class PublishedDocuments:
             return self._metadata
         return _encode(await self._authority.metadata())
 
+    async def snapshot(self, *, revalidate: bool = False) -> SignedSnapshot:
+        """The signed key-set snapshot: the authority's last one while it is young and of
+        the version in memory; ``revalidate`` as for :meth:`jwks`."""
+        signed = self._authority.young_signed_snapshot()
+        current = self._jwks
+        if (
+            signed is not None
+            and current is not None
+            and (signed.epoch, signed.version) == (current.epoch, current.version)
+            and (await self._current() if revalidate else self._fresh)
+        ):
+            return signed
+        return await self._authority.signed_snapshot()
+
     async def _current(self) -> bool:
+        # Requests that arrive together share one read of the store's head, which starts
+        # after each of them arrived: a thousand verifiers starting at once cost a few reads,
+        # not a thousand (nor a thousand pooled connections).
+        pending = self._head_read
+        if pending is None:
+            pending = self._head_read = asyncio.ensure_future(self._read_head())
+        return await asyncio.shield(pending)
+
+    async def _read_head(self) -> bool:
+        await asyncio.sleep(0)  # the requests that arrived with this one join it
+        self._head_read = None  # later ones start the next read
         # Both documents are functions of the key set at (epoch, version), rendered together.
         try:
             epoch, version = await self._authority.store.head()

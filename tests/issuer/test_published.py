@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 from issuer.app import create_app
 from keyherald.redis_server import RedisServer
 from subscriber.clock import ManualClock
-from subscriber.constants import JWKS_PATH, METADATA_PATH
+from subscriber.constants import JWKS_PATH, METADATA_PATH, SNAPSHOT_PATH
 from subscriber.redis_keys import meta_hash
 from subscriber.verifier import Verifier
 from tests.issuer.conftest import ADMIN_TOKEN, ISSUER, make_settings
@@ -148,3 +148,27 @@ async def test_a_verifier_bootstrapping_from_a_behind_memory_gets_the_store(
     ):
         # Its fetches say no-cache (subscriber/jwks_client.py): the store's version, not memory's.
         assert verifier.keyset.version == applied.version
+
+
+async def test_a_storm_of_no_cache_snapshot_requests_shares_a_few_store_reads(
+    own: aioredis.Redis, clock: ManualClock
+) -> None:
+    """1,000 verifiers starting at once each fetch the snapshot with no-cache: the issuer
+    answers all of them from memory after a few shared reads of the store's head, instead
+    of one read (and one pooled connection: redis-py allows 100) per request."""
+    app = _app(own, clock)
+    async with _live(app) as http:
+        await http.get(SNAPSHOT_PATH)  # the first one signs it
+        before = await _hmgets(own)
+        headers = {"Cache-Control": "no-cache"}
+        answers = await asyncio.gather(
+            *(http.get(SNAPSHOT_PATH, headers=headers) for _ in range(1_000))
+        )
+        assert {a.status_code for a in answers} == {200}
+        assert len({a.text for a in answers}) == 1
+        assert await _hmgets(own) - before <= 10
+
+
+async def _hmgets(client: aioredis.Redis) -> int:
+    stats = await client.info("commandstats")
+    return int(stats.get("cmdstat_hmget", {}).get("calls", 0))
