@@ -40,7 +40,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import EqualJitterBackoff
 from redis.cluster import LoadBalancingStrategy
 from redis.exceptions import ReadOnlyError
 
@@ -282,7 +282,12 @@ class RedisClients:
     async def aclose(self) -> None:
         """Close every client and the sentinel connections."""
         for closer in self._closers:
-            await closer.aclose()
+            close = getattr(closer, "aclose", None)
+            if close is not None:
+                await close()
+            else:  # a Sentinel before redis-py 7 has no aclose(): close its clients
+                for client in getattr(closer, "sentinels", ()):
+                    await client.aclose()
         self._closers.clear()
 
 
@@ -301,7 +306,7 @@ def connect(
     common: dict[str, Any] = {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": socket_timeout_s,
-        "retry": Retry(ExponentialWithJitterBackoff(retry_base_s, retry_cap_s), retry_attempts),
+        "retry": Retry(EqualJitterBackoff(cap=retry_cap_s, base=retry_base_s), retry_attempts),
     }
     if max_connections is not None:
         common["max_connections"] = max_connections

@@ -14,8 +14,6 @@ import math
 import os
 import socket
 
-from redis.exceptions import MaxClientsReachedError
-
 from .clock import Clock
 from .events import Event
 from .health import Health, State
@@ -79,7 +77,8 @@ class VerifierStatus:
 
     def on_redis_error(self, error: BaseException) -> None:
         """The stream's Redis failed with ``error``; logged once per distinct error."""
-        if isinstance(error, MaxClientsReachedError):
+        # The server's own words: redis-py names the error class only from 8.x on.
+        if "max number of clients reached" in str(error).lower():
             message = "maxclients: Redis refused the connection (max number of clients reached)"
         else:
             message = f"{type(error).__name__}: {error}"
