@@ -40,7 +40,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
-from redis.backoff import EqualJitterBackoff
+from redis.backoff import ConstantBackoff
 from redis.cluster import LoadBalancingStrategy
 from redis.exceptions import ReadOnlyError
 
@@ -60,10 +60,10 @@ _SCHEMES: Mapping[str, tuple[Kind, bool]] = {
 }
 _DEFAULT_PORT: Mapping[Kind, int] = {"standalone": 6379, "sentinel": 26379, "cluster": 6379}
 _OWN_OPTIONS = ("read_from", "replicas", "sentinel_username", "sentinel_password")
-#: Per-command retries around a failover (redis-py's jittered exponential backoff).
+#: Per-command retries around a failover: short and constant, because a request handler
+#: waits for them (a stalled Redis must turn into a 503 within seconds, not a growing backoff).
 retry_attempts = 10
-retry_base_s = 0.02
-retry_cap_s = 1.0
+retry_wait_s = 0.02
 
 
 class RedisConfigError(KeyheraldError, ValueError):
@@ -306,7 +306,7 @@ def connect(
     common: dict[str, Any] = {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": socket_timeout_s,
-        "retry": Retry(EqualJitterBackoff(cap=retry_cap_s, base=retry_base_s), retry_attempts),
+        "retry": Retry(ConstantBackoff(retry_wait_s), retry_attempts),
     }
     if max_connections is not None:
         common["max_connections"] = max_connections
