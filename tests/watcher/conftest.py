@@ -20,6 +20,7 @@ from issuer.kek import Kek
 from keyherald.redis_server import free_port
 from keyherald.standin_idp import JWKS_PATH, StandInIdP
 from subscriber.verifier import Verifier
+from tests.subscriber.conftest import eventually as _eventually
 from watcher.app import create_app
 from watcher.ledger import UpstreamLedger
 from watcher.schedule import PollPolicy
@@ -146,14 +147,6 @@ async def fleet(
 async def eventually(
     condition: Callable[[], bool | Awaitable[bool]], timeout_s: float = 10.0, what: str = ""
 ) -> float:
-    """Wait until ``condition`` holds (bounded); return the seconds it took."""
-    start = time.perf_counter()
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return time.perf_counter() - start
-        if time.perf_counter() - start > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
-        await asyncio.sleep(0.005)
+    """:func:`tests.subscriber.conftest.eventually`, with the longer wait a watcher's poll
+    interval needs."""
+    return await _eventually(condition, timeout_s=timeout_s, what=what)
