@@ -56,6 +56,9 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/fastapi_endpoint.py
+	$(BIN)/python bench/issuer_endpoints.py
+	$(BIN)/python bench/admin.py
 	$(BIN)/python bench/footprint.py
 	$(BIN)/python bench/propagation.py
 	$(BIN)/python bench/upstream.py

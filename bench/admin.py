@@ -7,20 +7,22 @@ Run from the repository root::
 
 A private ``redis-server`` and the issuer app, driven through its ASGI callable with httpx:
 
-- **16 concurrent** ``POST /admin/rotate``: every answer's status (target: 201 or 409 with a
-  reason, never 500) and rotations/s;
 - **rotation cost**: rotate + withdraw (``retire`` of the pending key) pairs per second with
   a fresh store, then again after ``--cycles`` such pairs have ended that many keys (the
-  store forgets all but the newest 32 ended records); target: the same rate.
+  store forgets all but the newest 32 ended records); target: the same rate;
+- **16 concurrent** ``POST /admin/rotate``: every answer's status (target: 201 or 409 with a
+  reason, never 500) and rotations/s.
 """
 
 import argparse
 import asyncio
 import base64
 import collections
+import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import redis.asyncio as aioredis
@@ -31,6 +33,8 @@ from keyherald.redis_server import RedisServer
 
 TOKEN = "bench-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
+#: "The same rate": two probes of one store on this machine differ by up to ~5 %.
+RATIO_TARGET = 0.95
 
 
 async def cycles_per_s(http: httpx.AsyncClient, cycles: int) -> float:
@@ -43,36 +47,50 @@ async def cycles_per_s(http: httpx.AsyncClient, cycles: int) -> float:
     return cycles / (time.perf_counter() - start)
 
 
-async def run(redis_url: str, concurrent: int, cycles: int, probe: int) -> None:
-    redis = aioredis.from_url(redis_url)
-    await redis.flushdb()
+@contextlib.asynccontextmanager
+async def issuer_client(redis: aioredis.Redis, issuer: str) -> AsyncIterator[httpx.AsyncClient]:
     kek = base64.b64encode(os.urandom(32)).decode()
-    settings = IssuerSettings(issuer="https://id.example.com", kek=kek, admin_token=TOKEN)  # type: ignore[arg-type]
+    settings = IssuerSettings(issuer=issuer, kek=kek, admin_token=TOKEN)  # type: ignore[arg-type]
     app = create_app(settings=settings, redis=redis, run_scheduler=False)
     await app.state.authority.snapshot()
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url=issuer) as http:
+        yield http
+
+
+async def run(redis_url: str, concurrent: int, cycles: int, probe: int) -> None:
+    redis = aioredis.from_url(redis_url)
+    await redis.flushdb()
+    admin = "/admin/keys"
     try:
-        base = "https://id.example.com"
-        async with httpx.AsyncClient(transport=transport, base_url=base) as http:
+        # Warm the interpreter's and the connection pool's first-call costs on another issuer,
+        # so the first probe is not slower for them.
+        async with issuer_client(redis, "https://warm-up.example.com") as http:
+            await cycles_per_s(http, probe)
+        async with issuer_client(redis, "https://id.example.com") as http:
+            # The two probes see the same live keys (one active, one pending during a pair);
+            # only the number of ended records differs.
             fresh = await cycles_per_s(http, probe)
+            await cycles_per_s(http, cycles)
+            aged = await cycles_per_s(http, probe)
+            remembered = len((await http.get(admin, headers=ADMIN)).json())
             start = time.perf_counter()
             answers = await asyncio.gather(
                 *(http.post("/admin/rotate", headers=ADMIN) for _ in range(concurrent))
             )
             rate = concurrent / (time.perf_counter() - start)
             statuses = collections.Counter(a.status_code for a in answers)
-            await cycles_per_s(http, cycles)
-            aged = await cycles_per_s(http, probe)
-            remembered = len(await app.state.authority.keys())
     finally:
         await redis.aclose()
     shown = ", ".join(f"{n} x {code}" for code, n in sorted(statuses.items()))
     ok = "met" if set(statuses) <= {201, 409} else "NOT met"
     print(f"{concurrent} concurrent POST /admin/rotate: {shown} ({ok}: 201 or 409, never 500); "
           f"{rate:,.0f} rotations/s")  # fmt: skip
+    ratio = aged / fresh
+    met = "met" if ratio >= RATIO_TARGET else "NOT met"
     print(f"rotate+retire pairs/s: fresh store {fresh:,.1f}; after {cycles} more pairs "
-          f"({remembered} records kept) {aged:,.1f}; ratio {aged / fresh:.2f} "
-          "(target ~1.00)")  # fmt: skip
+          f"({remembered} records kept) {aged:,.1f}; ratio {ratio:.2f} "
+          f"({met}: >= {RATIO_TARGET:.2f}, the same rate within the run's noise)")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run")
     parser.add_argument("--cycles", type=int, default=100, help="pairs between the two probes")
     args = parser.parse_args(argv)
-    cycles, probe = (5, 3) if args.quick else (args.cycles, 30)
+    cycles, probe = (5, 3) if args.quick else (args.cycles, 60)
     logging.getLogger("issuer").setLevel(logging.ERROR)
     with RedisServer(persistence="none") as server:
         asyncio.run(run(server.url, 16, cycles, probe))

@@ -113,6 +113,9 @@ class Ledger:
         #: with the digest each one's ``prev`` names: what a restore writes back when the store
         #: lost them, so the stream stays whole and consecutive.
         self._recent: dict[tuple[str, int], tuple[Mapping[str, str], str | None]] = {}
+        #: The newest authenticated key set and when the store was last read and checked in
+        #: full: reused while the store's meta is unchanged (see :meth:`snapshot`).
+        self._known: tuple[float, Snapshot] | None = None
 
     # -- what a subclass decides -----------------------------------------------------------
 
@@ -150,15 +153,33 @@ class Ledger:
 
     # -- reads -----------------------------------------------------------------------------
 
-    async def snapshot(self) -> Snapshot:
+    async def snapshot(self, *, full: bool = False) -> Snapshot:
         """The current key set, authenticated; initialises an empty store first.
 
         A store that does not authenticate, or that is behind what this process has seen
         (lost writes, a restored backup, a flush), is written back from the high-water mark
         as the continuation of its history.
 
+        The store is read and authenticated in full when its meta hash (epoch, version,
+        digest, MAC, announcement key) differs from the last key set this process
+        authenticated or committed, and at least once per ``freshness_interval_s``; otherwise
+        one ``HGETALL`` of the meta and that key set are enough. So a change costs the same
+        however many ended keys the store remembers, and what a change is built on is always
+        authenticated state: a record altered in Redis behind an unchanged meta is never used,
+        and is found (and the store restored) at the next full read.
+
+        :param full: read and authenticate the whole store whatever the meta says.
         :raises StoreTampered: the store does not authenticate and there is nothing to restore.
         """
+        known = self._known
+        if (
+            not full
+            and known is not None
+            and 0 <= self.clock() - known[0] < self.freshness_interval_s
+            and await self.store.meta() == known[1].meta
+        ):
+            return known[1]
+        self._known = None
         for _ in range(MAX_COMMIT_ATTEMPTS):
             # The mark is taken before the read: a commit that finished earlier must be in what
             # Redis answers, one that lands during the read may not be (and is no loss).
@@ -183,6 +204,7 @@ class Ledger:
         # Unsealing at first read finds a wrong KEK at start-up, and keeps the announcement key
         # in memory should the store ever be lost.
         self._announce_signer(snap.meta, snap.epoch)
+        self._known = (self.clock(), snap)
         return snap
 
     def _verdict(self, snap: Snapshot, held: Snapshot | None) -> str | None:
@@ -344,8 +366,9 @@ class Ledger:
 
     async def publish_freshness(self) -> Freshness:
         """Append a signed freshness record: at this time the key set is (epoch, version,
-        digest)."""
-        snap = await self.snapshot()
+        digest). The store is read and authenticated in full first, so what it vouches for
+        has been checked within the interval."""
+        snap = await self.snapshot(full=True)
         assert snap.epoch is not None
         record = Freshness(
             issuer=self.issuer,
@@ -421,7 +444,17 @@ class Ledger:
             fence=fence,
             forget=forget,
         )
-        self.hwm.advance(Snapshot.from_raw(sealed, raw_after))
+        after_snap = Snapshot(
+            version=version,
+            epoch=epoch,
+            keys={r.kid: r for r in after_records},
+            meta=sealed,
+            raw_keys=raw_after,
+        )
+        self.hwm.advance(after_snap)
+        known = self._known
+        if known is not None and known[1] is snap:
+            self._known = (known[0], after_snap)
         for event, fields in zip(events, signed, strict=True):
             self._recent[(epoch, event.version)] = (fields, event.prev)
         while len(self._recent) > RECENT_COMMITS_KEPT:

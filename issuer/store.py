@@ -150,6 +150,11 @@ class KeyStore:
         meta = {text(k): text(v) for k, v in raw_meta.items()}
         return Snapshot.from_raw(meta, {text(k): text(v) for k, v in raw_keys.items()})
 
+    async def meta(self) -> dict[str, str]:
+        """The meta hash alone (one ``HGETALL``)."""
+        raw = await self.redis.hgetall(self.meta_key)
+        return {text(k): text(v) for k, v in raw.items()}
+
     async def head(self) -> tuple[str | None, int]:
         """``(epoch, version)`` in one round trip: enough to tell whether a cache is current."""
         epoch, version = await self.redis.hmget(self.meta_key, ["epoch", "version"])

@@ -242,3 +242,54 @@ async def test_a_flood_of_junk_entries_costs_one_fetch_per_cooldown(issuer: Issu
             what="junk refused",
         )
         assert issuer.transport.snapshot_fetches() - before <= 1
+
+
+async def alter_record_behind_the_meta(issuer: Issuer, kid: str) -> keygen.KeyPair:
+    """Swap the public key of ``kid``'s record for Mallory's, leaving the meta hash as it is
+    (so the version, digest and MAC the issuer compares stay the same)."""
+    mallory = keygen.generate("ES256")
+    raw = json.loads(await issuer.redis.hget(keys_hash(ISSUER), kid))
+    raw["jwk"] = {**mallory.jwk, "kid": kid}
+    await issuer.redis.hset(keys_hash(ISSUER), kid, json.dumps(raw))
+    return mallory
+
+
+async def test_record_altered_behind_an_unchanged_meta_is_never_used(issuer: Issuer) -> None:
+    """A change is built on the key set the issuer last authenticated: a record rewritten in
+    Redis while the meta stays the same is not what the issuer serves, signs or announces, and
+    the next full read (each freshness record) finds it and writes the genuine set back."""
+    kid = (await issuer.authority.signing_key()).kid
+    genuine = (await issuer.http.get("/.well-known/jwks.json")).json()["keys"]
+    mallory = await alter_record_behind_the_meta(issuer, kid)
+    admin = {"Authorization": "Bearer t0ken-for-tests"}
+    rotated = await issuer.http.post("/admin/rotate", headers=admin)
+    assert rotated.status_code == 201
+    served = (await issuer.http.get("/.well-known/jwks.json")).json()["keys"]
+    assert [k for k in served if k["kid"] == kid] == [k for k in genuine if k["kid"] == kid]
+    snapshot = (await issuer.http.get("/.well-known/keyherald-snapshot.jwt")).text
+    assert mallory.jwk["x"] not in json.dumps(served) + snapshot
+    async with issuer.verifier() as verifier:
+        assert verifier.verify(await issuer.token())["sub"] == "u1"
+        assert issuer.authority.tamper_count == 0  # not read yet: nothing acted on it
+        await issuer.fresh()  # the scheduler's freshness record reads the store in full
+        assert issuer.authority.tamper_count == 1
+        assert issuer.authority.restores == {"tampered": 1}
+        stored = json.loads(await issuer.redis.hget(keys_hash(ISSUER), kid))
+        assert stored["jwk"]["x"] != mallory.jwk["x"]
+        await eventually(lambda: verifier.keyset.version > 3, what="the restored set")
+        assert verifier.verify(await issuer.token())["sub"] == "u1"
+
+
+async def test_record_altered_behind_an_unchanged_meta_is_found_within_an_interval(
+    issuer: Issuer,
+) -> None:
+    """Without a freshness record (a replica that is not the scheduler leader), the store is
+    still read in full once the last full read is a freshness interval old."""
+    kid = (await issuer.authority.signing_key()).kid
+    await alter_record_behind_the_meta(issuer, kid)
+    await issuer.authority.keys()
+    assert issuer.authority.tamper_count == 0
+    issuer.clock.advance(issuer.authority.freshness_interval_s)
+    await issuer.authority.keys()
+    assert issuer.authority.tamper_count == 1
+    assert issuer.authority.restores == {"tampered": 1}

@@ -1,5 +1,6 @@
 """``bench/admin.py --quick`` runs and prints both figures beside their targets."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,4 +19,4 @@ def test_admin_benchmark_quick_run_prints_both_figures() -> None:
     )
     assert "16 concurrent POST /admin/rotate: 16 x 201 (met" in result.stdout, result.stdout
     assert "rotate+retire pairs/s: fresh store" in result.stdout
-    assert "(target ~1.00)" in result.stdout
+    assert re.search(r"ratio \d+\.\d\d \((met|NOT met): >= 0\.95", result.stdout), result.stdout
