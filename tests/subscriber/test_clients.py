@@ -12,8 +12,8 @@ from keyherald.redis_server import free_port
 from subscriber import clients
 from subscriber.clock import ManualClock
 from subscriber.verifier import Verifier
+from tests.certs import CertificateAuthority
 from tests.relay.servers import Receiver, Server
-from tests.relay.test_tls import _cert
 from tests.subscriber.conftest import AUDIENCE, eventually, issuer_app
 
 
@@ -81,7 +81,8 @@ async def test_an_http_issuer_never_loads_the_ca_bundle(
 
 
 async def test_the_shared_client_verifies_https_certificates(tmp_path: Any) -> None:
-    _, cert, key = _cert(tmp_path, "localhost")  # signed by a CA nobody trusts
+    # Signed by a CA nobody trusts.
+    cert, key = CertificateAuthority(tmp_path).issue("localhost", hosts=("localhost",))
     receiver = Receiver()
     async with Server(receiver, ssl_certfile=cert, ssl_keyfile=key) as server:
         client = clients.acquire_http(2.0)
