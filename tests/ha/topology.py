@@ -7,15 +7,16 @@ whatever happens (each process is killed by its own pid, its directory removed).
 """
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
 
 import redis
 
-from keyherald.redis_server import find_redis_server, free_port
+from keyherald.redis_server import ServerTls, find_redis_server, free_port, ping
 
 SERVICE = "keyherald"
 startup_timeout_s = 20.0
@@ -24,8 +25,17 @@ startup_timeout_s = 20.0
 class Node:
     """One redis-server (or sentinel) process."""
 
-    def __init__(self, binary: str, root: Path, name: str, args: list[str], conf: str = "") -> None:
+    def __init__(
+        self,
+        binary: str,
+        root: Path,
+        name: str,
+        args: list[str],
+        conf: str = "",
+        tls: ServerTls | None = None,
+    ) -> None:
         self.port = free_port()
+        self.tls = tls
         self.dir = root / name
         self.dir.mkdir()
         self.name = name
@@ -35,12 +45,13 @@ class Node:
             path.write_text(conf.replace("{port}", str(self.port)).replace("{dir}", str(self.dir)))
             command += [str(path), "--sentinel"]
         command += [
-            "--port", str(self.port),
+            "--port", "0" if tls else str(self.port),
             "--bind", "127.0.0.1",
             "--dir", str(self.dir),
             "--daemonize", "no",
             "--logfile", str(self.dir / "redis.log"),
             *args,
+            *(tls.args(self.port) if tls else []),
         ]  # fmt: skip
         self.command = command
         self.process: subprocess.Popen[bytes] | None = None
@@ -59,20 +70,25 @@ class Node:
             if self.process.poll() is not None:
                 log = (self.dir / "redis.log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"{self.name} exited: {log}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(64).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                pass
+            if ping(self.port, self.tls):
+                return self
             time.sleep(0.02)
         raise RuntimeError(f"{self.name} did not answer on port {self.port}")
 
     def client(self) -> redis.Redis:
         """A client of this node (one per node, closed when the node is killed)."""
         if self._client is None:
-            self._client = redis.Redis(port=self.port, socket_timeout=5, decode_responses=True)
+            tls: dict[str, Any] = {}
+            if self.tls:
+                tls = dict(
+                    ssl=True,
+                    ssl_ca_certs=self.tls.ca_cert_file,
+                    ssl_certfile=self.tls.cert_file,
+                    ssl_keyfile=self.tls.key_file,
+                )
+            self._client = redis.Redis(
+                "127.0.0.1", self.port, socket_timeout=5, decode_responses=True, **tls
+            )
         return self._client
 
     def kill(self) -> None:
@@ -114,7 +130,8 @@ def _until(check: object, what: str, timeout_s: float = startup_timeout_s) -> No
 
 
 class _Topology:
-    def __init__(self) -> None:
+    def __init__(self, tls: ServerTls | None = None) -> None:
+        self.tls = tls
         binary = find_redis_server()
         if binary is None:
             raise RuntimeError("no redis-server binary")
@@ -123,7 +140,7 @@ class _Topology:
         self.nodes: list[Node] = []
 
     def _node(self, name: str, args: list[str], conf: str = "") -> Node:
-        node = Node(self.binary, self.root, name, args, conf)
+        node = Node(self.binary, self.root, name, args, conf, self.tls)
         self.nodes.append(node)
         return node.start()
 
@@ -149,10 +166,11 @@ sentinel parallel-syncs {SERVICE} 2
 
 
 class SentinelTopology(_Topology):
-    """A primary, 2 replicas and 3 sentinels."""
+    """A primary, 2 replicas and 3 sentinels; with ``tls``, every node and every link
+    between them speaks TLS only."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, tls: ServerTls | None = None) -> None:
+        super().__init__(tls)
         try:
             self.servers = [self._node("primary", _server_args())]
             for i in (1, 2):
@@ -186,9 +204,14 @@ class SentinelTopology(_Topology):
         return True
 
     def url(self, *, read_from: str = "primary") -> str:
+        """The deployment URL; with TLS, it trusts the nodes' CA (add a client certificate
+        if they require one)."""
         hosts = ",".join(s.address for s in self.sentinels)
-        query = "?read_from=replica" if read_from == "replica" else ""
-        return f"redis+sentinel://{hosts}/{SERVICE}/0{query}"
+        query = {"read_from": "replica"} if read_from == "replica" else {}
+        if self.tls:
+            query["ssl_ca_certs"] = self.tls.ca_cert_file
+        scheme = "rediss+sentinel" if self.tls else "redis+sentinel"
+        return f"{scheme}://{hosts}/{SERVICE}/0{'?' if query else ''}{urlencode(query)}"
 
     def primary(self) -> Node:
         """The server the sentinels currently name as primary."""
