@@ -198,11 +198,12 @@ def _multi_host(
     options.pop("host", None)
     if target.kind == "cluster":
         options.pop("db", None)
+    # The sentinels are plain ``Redis`` clients, which take ``ssl=True``, not a connection class.
     sentinel_options: dict[str, Any] = {
-        k: v
-        for k, v in options.items()
-        if k.startswith(("ssl", "socket_")) or k == "connection_class"
+        k: v for k, v in options.items() if k.startswith(("ssl", "socket_"))
     }
+    if target.tls:
+        sentinel_options["ssl"] = True
     if "sentinel_username" in own:
         sentinel_options["username"] = own["sentinel_username"]
     if "sentinel_password" in own:

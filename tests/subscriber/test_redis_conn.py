@@ -37,6 +37,9 @@ def test_credentials_database_and_tls_options_reach_redis_py() -> None:
     assert target.sentinel_options["username"] == "sent"
     assert target.sentinel_options["password"] == "sentpw"
     assert target.sentinel_options["ssl_ca_certs"] == "/etc/ca.pem"  # one CA for the topology
+    # The sentinels are plain Redis clients: TLS is ssl=True there, not a connection class.
+    assert target.sentinel_options["ssl"] is True
+    assert "connection_class" not in target.sentinel_options
 
 
 def test_plain_replicas_imply_reading_the_stream_from_them() -> None:
