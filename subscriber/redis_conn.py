@@ -24,11 +24,17 @@ spelling of redisvl, LangChain and Prefect/docket; Cluster the same shape with `
   ``read_from=replica``).
 - ``sentinel_username`` / ``sentinel_password``: the sentinels' own credentials.
 
+Over TLS the server's certificate must chain to ``ssl_ca_certs`` (else to the system's CAs) and
+list the host connected to, on every redis-py version keyherald supports, unless the URL says
+``ssl_cert_reqs=none`` or ``ssl_check_hostname=false``. A failed handshake is an error (see
+:mod:`subscriber.redis_tls`), never a reason to try plaintext.
+
 A client built here follows a failover: Sentinel clients rediscover the primary, Cluster
 clients the slot owner, and a plain client reconnects (a managed service's DNS name moves)
 when a write lands on a read-only replica; each command is retried with jittered backoff.
 """
 
+import os
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -139,6 +145,8 @@ def parse_redis_url(url: str, *, setting: str = "redis_url") -> RedisTarget:
             )
         kind, tls = _SCHEMES[scheme]
         query = parse_qsl(parts.query, keep_blank_values=True)
+        if tls:
+            query = _check_names_by_default(query)
         own = {k: v for k, v in query if k in _OWN_OPTIONS}
         rest = urlencode([(k, v) for k, v in query if k not in _OWN_OPTIONS])
         userinfo, _, hostlist = parts.netloc.rpartition("@")
@@ -158,6 +166,14 @@ def parse_redis_url(url: str, *, setting: str = "redis_url") -> RedisTarget:
         return _multi_host(target, parts.path, userinfo, rest, own)
     except ValueError as e:  # ours, and redis-py's option parsing
         raise fail(str(e)) from e
+
+
+def _check_names_by_default(query: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # redis-py 5.x (the floor is 5.3) does not check the certificate's names by default.
+    given = dict(query)
+    if "ssl_check_hostname" in given or given.get("ssl_cert_reqs") == "none":
+        return query
+    return [*query, ("ssl_check_hostname", "true")]
 
 
 def _read_from(own: Mapping[str, str]) -> bool:
@@ -299,11 +315,13 @@ def connect(
     socket_timeout_s: float | None = 5.0,
     max_connections: int | None = None,
 ) -> RedisClients:
-    """Build the clients for ``url``; no I/O happens until the first command.
+    """Build the clients for ``url``; no connection is made until the first command.
 
-    :raises RedisConfigError: the URL cannot be used (see :func:`parse_redis_url`).
+    :raises RedisConfigError: the URL cannot be used (see :func:`parse_redis_url`), or a file
+        it names (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``) cannot be read.
     """
     target = url if isinstance(url, RedisTarget) else parse_redis_url(url, setting=setting)
+    _check_files(target)
     common: dict[str, Any] = {
         "socket_timeout": socket_timeout_s,
         "socket_connect_timeout": socket_timeout_s,
@@ -328,6 +346,17 @@ def connect(
         clients.stream = aioredis.Redis.from_pool(pool)  # owns the pool: closed with it
         clients._closers.append(clients.stream)
     return clients
+
+
+def _check_files(target: RedisTarget) -> None:
+    # Otherwise redis-py reports a missing file as "Error 2 connecting", on every attempt.
+    for option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile"):
+        path = target.options.get(option)
+        if path and not os.access(path, os.R_OK):
+            raise RedisConfigError(
+                f"{target.setting} ({target.display}): {option}={path} cannot be read: "
+                "give the path of a readable PEM file"
+            )
 
 
 def _sentinel(target: RedisTarget, common: dict[str, Any]) -> RedisClients:

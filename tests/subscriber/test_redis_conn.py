@@ -42,6 +42,25 @@ def test_credentials_database_and_tls_options_reach_redis_py() -> None:
     assert "connection_class" not in target.sentinel_options
 
 
+@pytest.mark.parametrize(
+    ("query", "checked"),
+    [("", True), ("?ssl_check_hostname=false", False), ("?ssl_cert_reqs=none", None)],
+)
+def test_tls_checks_the_certificates_names_unless_told_not_to(query: str, checked) -> None:
+    # redis-py 5.x (keyherald's floor is 5.3) does not check them by default.
+    for url in (f"rediss://h:6380/0{query}", f"rediss+sentinel://a/svc{query}"):
+        assert parse_redis_url(url).options.get("ssl_check_hostname") is checked, url
+    assert "ssl_check_hostname" not in parse_redis_url("redis://h/0").options
+
+
+def test_a_tls_file_that_cannot_be_read_is_refused_by_name(tmp_path) -> None:
+    missing = tmp_path / "missing-ca.pem"
+    with pytest.raises(RedisConfigError) as caught:
+        connect(f"rediss://127.0.0.1:1/0?ssl_ca_certs={missing}", setting="KEYHERALD_REDIS_URL")
+    assert str(caught.value).startswith("KEYHERALD_REDIS_URL (standalone 127.0.0.1:1 (TLS)): ")
+    assert f"ssl_ca_certs={missing} cannot be read" in str(caught.value)
+
+
 def test_plain_replicas_imply_reading_the_stream_from_them() -> None:
     target = parse_redis_url("redis://p:6379/0?replicas=r1:6380,r2")
     assert target.read_from_replica
