@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from keyherald.errors import CommandError, ConfigurationError, settings_problems
-from subscriber.redis_conn import connect, redact
+from subscriber.redis_conn import RedisConfigError, connect, redact
+from subscriber.redis_tls import tls_failure
 
 from .errors import ConfigError
 from .kek import Kek
@@ -103,10 +104,16 @@ def _env_names(message: str) -> str:
 
 async def _check_redis(url: str, timeout_s: float) -> None:
     # The same clients the issuer builds: a Sentinel or Cluster URL is checked through them.
-    clients = connect(url, setting="KEYHERALD_REDIS_URL", socket_timeout_s=timeout_s)
+    try:
+        clients = connect(url, setting="KEYHERALD_REDIS_URL", socket_timeout_s=timeout_s)
+    except RedisConfigError as e:  # a TLS file that cannot be read
+        raise ConfigurationError(str(e)) from e
     try:
         await clients.primary.ping()
     except (RedisError, OSError) as e:
+        tls = tls_failure(e, setting="KEYHERALD_REDIS_URL")
+        if tls is not None:
+            raise ConfigurationError(str(tls)) from e
         where = ",".join(f"{host}:{port}" for host, port in clients.target.hosts) or redact(url)
         raise CommandError(
             f"cannot reach Redis at {where} "

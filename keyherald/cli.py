@@ -111,13 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (RedisConnectionError, RedisTimeoutError) as e:
         if debug:
             raise
-        return _fail(
-            command,
-            CommandError(
-                f"cannot reach Redis ({e}): start it, or point KEYHERALD_REDIS_URL "
-                "(or the command's --redis-url) at a running one"
-            ),
-        )
+        return _fail(command, _redis_failure(command, e))
     except ModuleNotFoundError as e:
         found = _missing_extra(command, e)
         if debug:
@@ -134,6 +128,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             raise
         return _fail(command, _unexpected(e))
+
+
+#: The setting that names each command's Redis, where it is not KEYHERALD_REDIS_URL.
+_REDIS_SETTING = {"relay": "KEYHERALD_RELAY_REDIS_URL", "watch": "KEYHERALD_WATCH_REDIS_URL"}
+
+
+def _redis_failure(command: str, error: Exception) -> CommandError:
+    from subscriber.redis_tls import tls_failure  # on the error path only: commands load light
+
+    setting = _REDIS_SETTING.get(command, "KEYHERALD_REDIS_URL (or the command's --redis-url)")
+    tls = tls_failure(error, setting=setting)
+    if tls is not None:
+        return ConfigurationError(str(tls))
+    return CommandError(
+        f"cannot reach Redis ({error}): start it, or point {setting} at a running one"
+    )
 
 
 def _unexpected(error: BaseException) -> CommandError:

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from subscriber.redis_conn import RedisConfigError, connect
 
-from .errors import CommandError
+from .errors import CommandError, ConfigurationError
 from .observe import AdminRefused, Heartbeat, IssuerClient, IssuerUnavailable, read_heartbeats
 from .text import printable
 
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
             f"issuer unavailable ({e}): start it, or set KEYHERALD_ISSUER (or --issuer)"
         ) from e
     except RedisConfigError as e:
-        raise CommandError(str(e)) from e
+        raise ConfigurationError(str(e)) from e
     if args.json:
         print(json.dumps(status, indent=2))
     else:

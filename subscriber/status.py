@@ -22,6 +22,7 @@ from .keyset import KeySet
 from .liveness import Liveness
 from .metrics import Metrics
 from .presence import HeartbeatRecord
+from .redis_tls import tls_failure
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,11 @@ class VerifierStatus:
     def on_redis_error(self, error: BaseException) -> None:
         """The stream's Redis failed with ``error``; logged once per distinct error."""
         # The server's own words: redis-py names the error class only from 8.x on.
+        tls = tls_failure(error)
         if "max number of clients reached" in str(error).lower():
             message = "maxclients: Redis refused the connection (max number of clients reached)"
+        elif tls is not None:
+            message = f"{tls.reason}: {tls}"
         else:
             message = f"{type(error).__name__}: {error}"
         if message != self.redis_error:

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from keyherald.redis_server import find_redis_server
+from keyherald.redis_server import ServerTls, find_redis_server
+from tests.certs import CertificateAuthority
 from tests.ha.topology import ClusterTopology, SentinelTopology
 
 
@@ -26,6 +27,17 @@ def _require_redis_7() -> None:
 def sentinel_topology() -> Iterator[SentinelTopology]:
     _require_redis_7()
     with SentinelTopology() as topology:
+        yield topology
+
+
+@pytest.fixture
+def tls_sentinel_topology(tmp_path) -> Iterator[SentinelTopology]:
+    """The same over TLS only: every node has one certificate for 127.0.0.1, from a
+    throwaway CA whose file is ``topology.tls.ca_cert_file``."""
+    _require_redis_7()
+    ca = CertificateAuthority(tmp_path)
+    cert, key = ca.issue("redis", hosts=("127.0.0.1",))
+    with SentinelTopology(ServerTls(cert, key, ca.cert_file)) as topology:
         yield topology
 
 
