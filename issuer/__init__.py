@@ -10,8 +10,12 @@ from .app import create_app
 from .auth import admin_dependency
 from .authority import Applied, Authority
 from .errors import (
+    AlreadyApplied,
     ConfigError,
+    IdempotencyError,
+    IdempotencyKeyReused,
     IllegalTransition,
+    InvalidIdempotencyKey,
     IssuerError,
     KekError,
     LeaseLost,
@@ -19,6 +23,7 @@ from .errors import (
     UnknownKey,
     VersionConflict,
 )
+from .idempotency import IdempotencyRecords, IdempotentRequest
 from .jwks import JwksDocument
 from .kek import Kek
 from .lifecycle import Transition
@@ -32,6 +37,7 @@ from .store import KeyStore, Snapshot, check_persistence
 __all__ = [
     # services
     "Authority",
+    "IdempotencyRecords",
     "Scheduler",
     "Signer",
     "admin_dependency",
@@ -42,6 +48,7 @@ __all__ = [
     "RotationPolicy",
     # data
     "Applied",
+    "IdempotentRequest",
     "JwksDocument",
     "KeyRecord",
     "KeyStore",
@@ -50,8 +57,12 @@ __all__ = [
     "Transition",
     "check_persistence",
     # errors
+    "AlreadyApplied",
     "ConfigError",
+    "IdempotencyError",
+    "IdempotencyKeyReused",
     "IllegalTransition",
+    "InvalidIdempotencyKey",
     "IssuerError",
     "KekError",
     "LeaseLost",

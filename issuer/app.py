@@ -22,12 +22,13 @@ runs the :class:`~issuer.scheduler.Scheduler` loop.
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, Any
 
 import redis.asyncio as aioredis
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Request, status
+from fastapi import APIRouter, Depends, FastAPI, Header, HTTPException, Path, Request, status
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisClusterException
@@ -40,7 +41,17 @@ from subscriber.redis_conn import RedisClients, connect
 from .auth import admin_dependency
 from .authority import Applied, Authority
 from .durability import NotReplicated
-from .errors import IllegalTransition, StoreTampered, UnknownKey, VersionConflict
+from .errors import (
+    AlreadyApplied,
+    IdempotencyKeyReused,
+    IdempotencyRecordTampered,
+    IllegalTransition,
+    InvalidIdempotencyKey,
+    StoreTampered,
+    UnknownKey,
+    VersionConflict,
+)
+from .idempotency import HEADER, REPLAYED_HEADER, IdempotencyRecords, IdempotentRequest, parse_key
 from .jwks import etag_matches
 from .kek import Kek
 from .metrics import integrity_registry
@@ -65,10 +76,24 @@ KidPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{1,128}$", description="RF
 _UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorView, "description": "missing or wrong admin token"},
 }
+_IDEMPOTENCY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorView, "description": "a malformed Idempotency-Key"},
+    422: {"model": ErrorView, "description": "the Idempotency-Key was used for another request"},
+}
 _KID_ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorView, "description": "unknown kid"},
     409: {"model": ErrorView, "description": "illegal transition from the key's state"},
+    **_IDEMPOTENCY_ERRORS,
 }
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias=HEADER,
+        description="up to 255 printable ASCII characters, e.g. a UUID: a retry with the same "
+        "key within KEYHERALD_IDEMPOTENCY_RETENTION_S gets the first result again "
+        "(`Idempotent-Replayed: true`) and changes nothing",
+    ),
+]
 
 
 def create_app(
@@ -131,7 +156,8 @@ def create_app(
     app.state.settings = settings
     _add_error_handlers(app)
     _add_public_routes(app, authority, published)
-    app.include_router(_admin_router(authority, published, signer, _secret(settings)))
+    records = IdempotencyRecords(kek, settings.issuer, retention_s=settings.idempotency_retention_s)
+    app.include_router(_admin_router(authority, published, signer, records, _secret(settings)))
     app.include_router(_metrics_router(authority, _secret(settings)))
     return app
 
@@ -188,6 +214,28 @@ def _add_error_handlers(app: FastAPI) -> None:
             },
             status_code=409,
             headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(InvalidIdempotencyKey)
+    async def invalid_key(request: Request, exc: InvalidIdempotencyKey) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": "invalid_idempotency_key"}, 400)
+
+    @app.exception_handler(IdempotencyKeyReused)
+    async def key_reused(request: Request, exc: IdempotencyKeyReused) -> JSONResponse:
+        return JSONResponse({"detail": str(exc), "error": "idempotency_key_reused"}, 422)
+
+    @app.exception_handler(IdempotencyRecordTampered)
+    async def record_tampered(request: Request, exc: IdempotencyRecordTampered) -> JSONResponse:
+        # No Retry-After: the same key meets the same record until it expires. Whether the
+        # change was made is for the operator to read (GET /admin/keys) before a new key.
+        return JSONResponse(
+            {
+                "detail": f"{exc}: it is neither replayed nor carried out again; check the key "
+                "set (GET /admin/keys) and send the request under a new key if it is still "
+                "wanted",
+                "error": "idempotency_record_tampered",
+            },
+            status_code=503,
         )
 
     add_store_error_handlers(app)
@@ -288,12 +336,13 @@ def _metrics_router(authority: Authority, token: str | None) -> APIRouter:
 
 
 def _admin_router(
-    authority: Authority, published: PublishedDocuments, signer: Signer, token: str | None
+    authority: Authority,
+    published: PublishedDocuments,
+    signer: Signer,
+    records: IdempotencyRecords,
+    token: str | None,
 ) -> APIRouter:
-    async def changed(applied: Applied) -> ChangeView:
-        # The caller reads its own write: the public documents are rendered again first.
-        published.changed()
-        return ChangeView.of(applied)
+    change = functools.partial(_change, records=records, published=published)
 
     admin = APIRouter(
         prefix="/admin",
@@ -316,9 +365,15 @@ def _admin_router(
             transitions=[PlannedTransition.of(t) for t in transitions],
         )
 
-    @admin.post("/rotate", summary="Publish a new pending key now", status_code=201)
-    async def rotate() -> ChangeView:
-        return await changed(await authority.rotate())
+    @admin.post(
+        "/rotate",
+        summary="Publish a new pending key now",
+        status_code=201,
+        response_model=ChangeView,
+        responses=_IDEMPOTENCY_ERRORS,
+    )
+    async def rotate(request: Request, idempotency_key: IdempotencyKey = None) -> Response:
+        return await change(request, 201, lambda once: authority.rotate(idempotency=once))
 
     @admin.get(
         "/keys/{kid}/readiness",
@@ -334,25 +389,34 @@ def _admin_router(
         "/keys/{kid}/activate",
         responses=_KID_ERRORS,
         summary="Activate a pending key published for the lead",
+        response_model=ChangeView,
     )
-    async def activate(kid: KidPath) -> ChangeView:
-        return await changed(await authority.activate(kid))
+    async def activate(
+        kid: KidPath, request: Request, idempotency_key: IdempotencyKey = None
+    ) -> Response:
+        return await change(request, 200, lambda once: authority.activate(kid, idempotency=once))
 
     @admin.post(
         "/keys/{kid}/retire",
         responses=_KID_ERRORS,
         summary="Withdraw a pending key, or end a finished grace",
+        response_model=ChangeView,
     )
-    async def retire(kid: KidPath) -> ChangeView:
-        return await changed(await authority.retire(kid))
+    async def retire(
+        kid: KidPath, request: Request, idempotency_key: IdempotencyKey = None
+    ) -> Response:
+        return await change(request, 200, lambda once: authority.retire(kid, idempotency=once))
 
     @admin.post(
         "/keys/{kid}/revoke",
         responses=_KID_ERRORS,
         summary="Emergency removal; replaces the active key at once",
+        response_model=ChangeView,
     )
-    async def revoke(kid: KidPath) -> ChangeView:
-        return await changed(await authority.revoke(kid))
+    async def revoke(
+        kid: KidPath, request: Request, idempotency_key: IdempotencyKey = None
+    ) -> Response:
+        return await change(request, 200, lambda once: authority.revoke(kid, idempotency=once))
 
     @admin.post(
         "/tokens",
@@ -375,6 +439,42 @@ def _admin_router(
         return TokenResponse(token=minted.token, kid=minted.kid, exp=minted.exp)
 
     return admin
+
+
+async def _change(
+    request: Request,
+    status_code: int,
+    apply: Callable[[IdempotentRequest | None], Awaitable[Applied]],
+    *,
+    records: IdempotencyRecords,
+    published: PublishedDocuments,
+) -> Response:
+    key = parse_key(request.headers.getlist(HEADER))
+    idempotency = None
+    if key is not None:
+        idempotency = records.request(
+            key,
+            method=request.method,
+            path=request.url.path,
+            query=request.url.query,
+            body=await request.body(),
+            status=status_code,
+            render=_render,
+        )
+    try:
+        applied = await apply(idempotency)
+    except AlreadyApplied as done:
+        return Response(
+            done.body, done.status, media_type="application/json", headers={REPLAYED_HEADER: "true"}
+        )
+    # The caller reads its own write: the public documents are rendered again first.
+    published.changed()
+    return Response(_render(applied), status_code, media_type="application/json")
+
+
+def _render(applied: Applied) -> bytes:
+    # What a change answers, and what a retry under its Idempotency-Key gets again.
+    return ChangeView.of(applied).model_dump_json().encode()
 
 
 def _secret(settings: IssuerSettings) -> str | None:

@@ -30,6 +30,7 @@ from subscriber.clock import Clock, system_clock
 
 from . import keygen, lifecycle
 from .errors import IllegalTransition, StoreTampered, UnknownKey, VersionConflict
+from .idempotency import IdempotentRequest
 from .jwks import JwksDocument, jwks_uri, render_jwks, snapshot_uri
 from .kek import Kek
 from .ledger import (
@@ -230,24 +231,32 @@ class Authority(Ledger):
             return
         raise VersionConflict("could not bootstrap: the store kept changing")
 
-    async def rotate(self) -> Applied:
+    # Each operator change takes ``idempotency``: the request it answers, made under an
+    # Idempotency-Key. It is then made once per key: a repeat raises AlreadyApplied with the
+    # first result (see issuer.idempotency for the other outcomes).
+
+    async def rotate(self, *, idempotency: IdempotentRequest | None = None) -> Applied:
         """Publish a new pending key now; it activates after the lead."""
         new = self._new_key()
 
         def build(snap: Snapshot, now: float) -> Change:
             return lifecycle.add(snap.keys, new, self.policy, now, activate_at=now)
 
-        return await self._change(build)
+        return await self._change(build, idempotency)
 
-    async def activate(self, kid: str) -> Applied:
+    async def activate(self, kid: str, *, idempotency: IdempotentRequest | None = None) -> Applied:
         """Make pending ``kid`` active now (it must have been published for the lead)."""
-        return await self._change(lambda s, now: lifecycle.activate(s.keys, kid, self.policy, now))
+        return await self._change(
+            lambda s, now: lifecycle.activate(s.keys, kid, self.policy, now), idempotency
+        )
 
-    async def retire(self, kid: str) -> Applied:
+    async def retire(self, kid: str, *, idempotency: IdempotentRequest | None = None) -> Applied:
         """Withdraw pending ``kid``, or drop retiring ``kid`` whose grace is over."""
-        return await self._change(lambda s, now: lifecycle.retire(s.keys, kid, self.policy, now))
+        return await self._change(
+            lambda s, now: lifecycle.retire(s.keys, kid, self.policy, now), idempotency
+        )
 
-    async def revoke(self, kid: str) -> Applied:
+    async def revoke(self, kid: str, *, idempotency: IdempotentRequest | None = None) -> Applied:
         """Remove ``kid`` at once; if it was active, the next key activates at once."""
         replacement: list[NewKey] = []
 
@@ -260,7 +269,7 @@ class Authority(Ledger):
                 snap.keys, kid, self.policy, now, replacement[0] if replacement else None
             )
 
-        applied = await self._change(build)
+        applied = await self._change(build, idempotency)
         logger.warning("key %s revoked", kid, extra={"kid": kid, "version": applied.version})
         return applied
 
@@ -315,8 +324,10 @@ class Authority(Ledger):
         new = self._new_key() if lifecycle.needs_new_key(snap.keys, transition) else None
         return lifecycle.apply(snap.keys, transition, self.policy, now, new)
 
-    async def _change(self, build: ChangeBuilder) -> Applied:
-        applied = await self._apply(build)
+    async def _change(
+        self, build: ChangeBuilder, idempotency: IdempotentRequest | None = None
+    ) -> Applied:
+        applied = await self._apply(build, idempotency=idempotency)
         if applied is None:
             raise IllegalTransition("nothing to do")
         return applied

@@ -8,7 +8,7 @@ change itself stays applied on the primary (a script cannot be rolled back): the
 that it may not survive a failover.
 """
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,10 +35,12 @@ async def eval_durably(
     keys: Sequence[str],
     args: Sequence[Any],
     durability: Durability,
+    written: Collection[str] = ("OK",),
 ) -> Any:
     """``EVAL script`` then ``WAIT`` on the same connection; the script's reply.
 
-    :raises NotReplicated: the reply was an applied change but too few replicas acknowledged.
+    :param written: the reply statuses (its first element) that report a write.
+    :raises NotReplicated: the reply reports a write but too few replicas acknowledged.
     """
     async with redis.pipeline(transaction=False) as pipe:
         pipe.eval(script, len(keys), *keys, *args)
@@ -51,9 +53,10 @@ async def eval_durably(
         # instances"). Whatever the script did here is not acknowledged.
         raise NotReplicated(f"WAIT refused during a failover: {acked}")
     status = reply[0].decode() if isinstance(reply[0], bytes) else reply[0]
-    if status == "OK" and int(acked) < durability.replicas:
+    if status in written and int(acked) < durability.replicas:
+        what = f"version {reply[1]}" if status == "OK" else "the change"
         raise NotReplicated(
-            f"{acked} of {durability.replicas} replicas acknowledged version {reply[1]} within "
+            f"{acked} of {durability.replicas} replicas acknowledged {what} within "
             f"{durability.timeout_ms} ms (KEYHERALD_MIN_REPLICAS)"
         )
     return reply

@@ -32,7 +32,14 @@ from subscriber.events import KEY_SET_RESTORED, Event, announcement_jwk, sign_ev
 from subscriber.history import Freshness, advance, sign_freshness, state_digest
 
 from . import lifecycle
-from .errors import KekError, StoreTampered, VersionConflict
+from .errors import (
+    AlreadyRecorded,
+    IdempotencyRecordTampered,
+    KekError,
+    StoreTampered,
+    VersionConflict,
+)
+from .idempotency import IdempotentRequest
 from .integrity import HighWaterMark, StateMac, entries, public_digest
 from .jwks import SignedSnapshot, render_snapshot
 from .kek import Kek
@@ -387,27 +394,52 @@ class Ledger:
 
     # -- changes ---------------------------------------------------------------------------
 
-    async def _apply(self, build: ChangeBuilder, *, fence: int | None = None) -> Applied | None:
+    async def _apply(
+        self,
+        build: ChangeBuilder,
+        *,
+        fence: int | None = None,
+        idempotency: IdempotentRequest | None = None,
+    ) -> Applied | None:
         # Changes made by this process run one at a time: concurrent admin calls queue here
         # instead of racing each other's compare-and-set until one gives up. Other replicas'
         # changes are still met by the retries below.
         async with self._changing:
-            return await self._apply_unlocked(build, fence=fence)
+            return await self._apply_unlocked(build, fence=fence, idempotency=idempotency)
 
     async def _apply_unlocked(
-        self, build: ChangeBuilder, *, fence: int | None = None
+        self,
+        build: ChangeBuilder,
+        *,
+        fence: int | None = None,
+        idempotency: IdempotentRequest | None = None,
     ) -> Applied | None:
         for _ in range(MAX_COMMIT_ATTEMPTS):
             snap = await self.snapshot()
             now = self.clock()
+            if idempotency is not None:
+                # Looked up after the snapshot was read: a change made under this key before
+                # then is found here (its record and its state were written together), one
+                # made since meets this one in the commit script.
+                self._settle(idempotency, await self.store.recorded(idempotency.name), now)
             change = build(snap, now)
             if change is None:
                 return None
             try:
-                return await self._commit(snap, change, now, fence=fence)
+                return await self._commit(snap, change, now, fence=fence, idempotency=idempotency)
             except VersionConflict:
                 self.log.debug("version moved past %s; re-reading", snap.version)
+            except AlreadyRecorded as e:
+                assert idempotency is not None
+                self._settle(idempotency, e.raw, now)
         raise VersionConflict("the store kept changing; gave up")
+
+    def _settle(self, idempotency: IdempotentRequest, raw: str | None, now: float) -> None:
+        try:
+            idempotency.settle(raw, now)
+        except IdempotencyRecordTampered:
+            self.tamper_count += 1
+            raise
 
     async def _commit(
         self,
@@ -418,6 +450,7 @@ class Ledger:
         fence: int | None = None,
         meta: dict[str, str] | None = None,
         epoch: str | None = None,
+        idempotency: IdempotentRequest | None = None,
     ) -> Applied:
         epoch = epoch or snap.epoch
         assert epoch is not None
@@ -434,6 +467,8 @@ class Ledger:
             raise AssertionError("the events do not lead to the committed key set")  # a bug
         sealed = self._mac.sealed_meta(base_meta, raw_after, after_records, version=new_version)
         signed = [sign_event(e, signing_key, announce_kid) for e in events]
+        applied = Applied(version=new_version, events=events, records=change.records)
+        receipt = None if idempotency is None else idempotency.receipt(applied, now)
         version = await self.store.commit(
             expected_version=snap.version,
             expected_epoch=snap.epoch,
@@ -443,6 +478,7 @@ class Ledger:
             meta=sealed,
             fence=fence,
             forget=forget,
+            receipt=receipt,
         )
         after_snap = Snapshot(
             version=version,
@@ -467,7 +503,7 @@ class Ledger:
                 event.version,
                 extra={"event": event.type, "kid": event.kid, "version": event.version},
             )
-        return Applied(version=version, events=events, records=change.records)
+        return applied
 
     def _chained_events(
         self, snap: Snapshot, change: Change, epoch: str, now: float

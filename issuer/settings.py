@@ -144,6 +144,13 @@ class IssuerSettings(BaseSettings):
     freshness_interval_s: float = Field(
         30.0, gt=0, description="interval of the signed freshness records verifiers expect"
     )
+    idempotency_retention_s: float = Field(
+        DAY_S,
+        ge=1,
+        le=30 * DAY_S,
+        description="how long the result of an admin change made under an Idempotency-Key is "
+        "replayed to a retry with that key (each record expires after it)",
+    )
 
     @field_validator("issuer")
     @classmethod

@@ -11,19 +11,24 @@ Every change goes through one Lua script, :data:`COMMIT_SCRIPT`, which atomicall
 
 So a state change and its event are both present or both absent. Ages use the Redis server's
 ``TIME``, the same clock that stamps stream ids.
+
+A change requested under an ``Idempotency-Key`` (:mod:`issuer.idempotency`) carries a
+:class:`Receipt`: the script checks the key's record *first* and writes nothing when one is
+there, else writes the record with the change. So a change is made once per key however often
+it is sent, also when a reply was lost and the very same script is sent again.
 """
 
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import redis.asyncio as aioredis
 
 from subscriber import redis_keys
 
 from .durability import Durability, eval_durably
-from .errors import LeaseLost, StoreError, VersionConflict
+from .errors import AlreadyRecorded, LeaseLost, StoreError, VersionConflict
 from .records import KeyRecord
 
 logger = logging.getLogger(__name__)
@@ -31,14 +36,49 @@ logger = logging.getLogger(__name__)
 #: A raw reply from redis-py: ``bytes`` or ``str`` depending on ``decode_responses``.
 RedisReply: TypeAlias = Any
 
-COMMIT_SCRIPT = """
-local meta, keys, stream, fence = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+# An idempotency record found under a key is returned as it is, to be authenticated by the
+# caller; something that is not a string there is returned as a value that cannot be.
+# It is rewritten as found (KEEPTTL), a write: WAIT waits for the writes of its own connection,
+# and newer Redis versions move that mark only when the connection writes (older ones on any
+# command). So the WAIT after this script (KEYHERALD_MIN_REPLICAS), on whatever connection or
+# issuer replica a retry lands, confirms that the replicas hold the change that wrote the record.
+_RECORDED_LUA = """
+local function recorded(name)
+  local kind = redis.call('TYPE', name)['ok']
+  if kind == 'none' then return nil end
+  if kind ~= 'string' then return 'not a string: ' .. kind end
+  local found = redis.call('GET', name)
+  redis.call('SET', name, found, 'KEEPTTL')
+  return found
+end
+"""
+
+LOOKUP_SCRIPT = (
+    _RECORDED_LUA
+    + """
+local found = recorded(KEYS[1])
+if found then return {'RECORDED', found} end
+return {'NONE', ''}
+"""
+)
+
+COMMIT_SCRIPT = (
+    _RECORDED_LUA
+    + """
+local meta, keys, stream, fence, record = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local expected, expected_epoch, token = ARGV[1], ARGV[2], ARGV[3]
 local retention_ms = tonumber(ARGV[4])
 local n_meta, n_records, n_events = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local n_forget = tonumber(ARGV[8])
 local new_version, replace = tonumber(ARGV[9]), ARGV[10]
+local record_value, record_ttl_ms, record_replaces = ARGV[11], ARGV[12], ARGV[13]
 
+if record then
+  local found = recorded(record)
+  if found and (record_replaces == '' or found ~= record_replaces) then
+    return {'RECORDED', found}
+  end
+end
 local current = redis.call('HGET', meta, 'version') or '0'
 local epoch = redis.call('HGET', meta, 'epoch') or ''
 if epoch ~= expected_epoch then return {'EPOCH', current} end
@@ -54,7 +94,7 @@ for key, wanted in pairs(types) do
   end
 end
 
-local i = 11
+local i = 14
 if replace == '1' then redis.call('DEL', keys) end
 for _ = 1, n_forget do
   redis.call('HDEL', keys, ARGV[i])
@@ -77,8 +117,27 @@ for _ = 1, n_events do
   i = i + 3
 end
 redis.call('HSET', meta, 'version', new_version)
+if record then redis.call('SET', record, record_value, 'PX', record_ttl_ms) end
 return {'OK', new_version}
 """
+)
+#: Script replies that report a write the replicas must hold (``KEYHERALD_MIN_REPLICAS``).
+WRITTEN: Final = ("OK", "RECORDED")
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """A record written by a commit with its change, unless ``key`` already holds one (other
+    than ``replaces``, an expired record the caller read): then nothing is written.
+
+    :param key: the record's Redis key (on the issuer's hash-tag).
+    :param ttl_ms: its expiry.
+    """
+
+    key: str
+    value: str
+    ttl_ms: int
+    replaces: str | None = None
 
 
 def text(value: RedisReply) -> str:
@@ -138,6 +197,7 @@ class KeyStore:
         self.stream_key = redis_keys.event_stream(issuer)
         self.fence_key = redis_keys.scheduler_fence(issuer)
         self._commit = redis.register_script(COMMIT_SCRIPT)
+        self._lookup = redis.register_script(LOOKUP_SCRIPT)
         #: Set from ``KEYHERALD_MIN_REPLICAS``: each commit also waits for replicas.
         self.durability: Durability | None = None
 
@@ -164,6 +224,22 @@ class KeyStore:
             number = -1  # never equal to a version we hold: the caller re-reads and checks
         return (text(epoch) if epoch is not None else None), number
 
+    async def recorded(self, key: str) -> str | None:
+        """The idempotency record at ``key`` as stored (not authenticated), or ``None``.
+
+        :raises NotReplicated: one is there but, with ``durability``, too few replicas
+            acknowledged holding it.
+        """
+        status, found = await self._eval(self._lookup, LOOKUP_SCRIPT, [key], [])
+        return text(found) if text(status) == "RECORDED" else None
+
+    async def _eval(
+        self, script: Any, source: str, keys: Sequence[str], args: Sequence[str | int]
+    ) -> Any:
+        if self.durability is None:
+            return await script(keys=keys, args=args)
+        return await eval_durably(self.redis, source, keys, args, self.durability, WRITTEN)
+
     async def commit(
         self,
         *,
@@ -177,6 +253,7 @@ class KeyStore:
         forget: Sequence[str] = (),
         new_version: int | None = None,
         replace: bool = False,
+        receipt: Receipt | None = None,
     ) -> int:
         """Write ``records`` (and ``meta``) and append ``events``, or nothing at all.
 
@@ -187,7 +264,9 @@ class KeyStore:
         :param new_version: the version written (default ``expected_version + len(events)``;
             a restore jumps past every version its history may have used).
         :param replace: delete every record first (a restore writes the whole set).
+        :param receipt: the idempotency record of the change, written with it.
         :returns: the new version.
+        :raises AlreadyRecorded: ``receipt``'s key holds a record: nothing was written.
         :raises VersionConflict: the version or epoch changed since it was read.
         :raises LeaseLost: ``fence`` is no longer the current token.
         """
@@ -210,6 +289,9 @@ class KeyStore:
             len(forget),
             new_version,
             "1" if replace else "0",
+            receipt.value if receipt else "",
+            receipt.ttl_ms if receipt else 0,
+            (receipt.replaces or "") if receipt else "",
             *forget,
         ]
         for name, value in meta_items:
@@ -219,18 +301,17 @@ class KeyStore:
         for event in events:
             args += [event["type"], event["version"], event["jws"]]
         keys = [self.meta_key, self.keys_key, self.stream_key, self.fence_key]
+        if receipt is not None:
+            keys.append(receipt.key)
         try:
-            if self.durability is None:
-                status, version = await self._commit(keys=keys, args=args)
-            else:
-                status, version = await eval_durably(
-                    self.redis, COMMIT_SCRIPT, keys, args, self.durability
-                )
+            status, version = await self._eval(self._commit, COMMIT_SCRIPT, keys, args)
         except aioredis.ResponseError as e:
             raise StoreError(f"the store refused the change: {e}") from e
         status = text(status)
         if status == "OK":
             return int(text(version))
+        if status == "RECORDED":
+            raise AlreadyRecorded(text(version))
         if status == "FENCE":
             raise LeaseLost(f"fencing token {fence} is stale; another scheduler took the lease")
         raise VersionConflict(

@@ -61,6 +61,13 @@ def verifier_states(issuer: str) -> str:
     return _key(issuer, "verifier-state")
 
 
+def idempotency_record(issuer: str, key: str) -> str:
+    """STRING: the authenticated result of the admin change made under ``Idempotency-Key: key``
+    (PX expiry). The key is hashed into the name, so that whatever printable text a client
+    chose, the name stays short and plain."""
+    return _key(issuer, f"idem:{hashlib.sha256(key.encode()).hexdigest()}")
+
+
 def relay_key(issuer: str, name: str) -> str:
     """Namespace for the webhook relay's own keys (partners, deliveries, dead letters)."""
     return _key(issuer, f"relay:{name}")

@@ -3,7 +3,9 @@ in ``make test``)."""
 
 import asyncio
 import logging
+import os
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -145,6 +147,49 @@ async def test_a_transition_no_replica_holds_is_a_503(nodes) -> None:
         refused = await http.post("/admin/rotate", headers=ADMIN)
         assert refused.status_code == 503 and refused.json()["error"] == "not_replicated"
         assert refused.headers["Retry-After"]
+
+
+async def _until_acknowledged(http: httpx.AsyncClient, headers: dict[str, str]) -> httpx.Response:
+    # A replica just synced (or resumed) can take a moment to acknowledge on a busy machine.
+    for _ in range(20):
+        answer = await http.post("/admin/rotate", headers=headers)
+        if answer.status_code != 503:
+            return answer
+        assert answer.json()["error"] == "not_replicated"
+        await asyncio.sleep(0.25)
+    return answer
+
+
+async def test_a_retry_of_a_rotation_no_replica_acknowledged_is_answered_once_one_holds_it(
+    nodes,
+) -> None:
+    """KEYHERALD_MIN_REPLICAS: a rotation the replica has not acknowledged answers 503 but is
+    made on the primary. Its retry under the same Idempotency-Key, here through a second issuer
+    whose connections wrote nothing, is a 503 as long as no replica holds the rotation, then
+    the rotation's own answer: one key added."""
+    primary, replica = nodes
+    url = f"redis://{primary.address}/0"
+    durable = {"min_replicas": 1, "min_replicas_timeout_s": 0.3}
+    headers = {**ADMIN, "Idempotency-Key": "rotate-after-incident"}
+    async for first in _issuer(url, **durable):
+        assert (await _until_acknowledged(first, ADMIN)).status_code == 201
+        async for second in _issuer(url, **durable):
+            before = (await second.get("/admin/keys", headers=ADMIN)).json()
+            assert replica.process is not None
+            os.kill(replica.process.pid, signal.SIGSTOP)
+            try:
+                lost = await first.post("/admin/rotate", headers=headers)
+                assert lost.status_code == 503 and lost.json()["error"] == "not_replicated"
+                early = await second.post("/admin/rotate", headers=headers)
+                assert early.status_code == 503 and early.json()["error"] == "not_replicated"
+            finally:
+                os.kill(replica.process.pid, signal.SIGCONT)
+            answered = await _until_acknowledged(second, headers)
+            assert answered.status_code == 201
+            assert answered.headers["idempotent-replayed"] == "true"
+            keys = (await second.get("/admin/keys", headers=ADMIN)).json()
+            assert len(keys) == len(before) + 1
+            assert answered.json()["events"][0]["kid"] == keys[-1]["kid"]
 
 
 async def test_a_dead_listed_replica_moves_the_stream_to_the_next_address(nodes) -> None:

@@ -2,6 +2,7 @@
 stream, and the persistence check."""
 
 import asyncio
+import functools
 import logging
 from collections.abc import Iterator
 
@@ -9,12 +10,13 @@ import pytest
 import redis.asyncio as aioredis
 
 from issuer.authority import Authority
-from issuer.errors import StoreError, VersionConflict
+from issuer.errors import AlreadyRecorded, StoreError, VersionConflict
 from issuer.kek import Kek
 from issuer.policy import RotationPolicy
-from issuer.store import check_persistence
+from issuer.store import Receipt, check_persistence
 from keyherald.redis_server import RedisServer
 from subscriber.clock import ManualClock
+from subscriber.redis_keys import idempotency_record
 from tests.issuer.conftest import ISSUER
 from tests.issuer.helpers import replay, states, stream_events
 
@@ -50,6 +52,27 @@ async def test_stale_version_writes_nothing(authority: Authority, redis: aioredi
             retention_s=86_400,
         )  # fmt: skip
     assert len(await redis.xrange(authority.store.stream_key)) == snap.version + 1
+
+
+async def test_a_commit_under_a_recorded_idempotency_key_writes_nothing(
+    authority: Authority, redis: aioredis.Redis
+) -> None:
+    snap = await authority.snapshot()
+    name = idempotency_record(ISSUER, "k")
+    commit = functools.partial(
+        authority.store.commit, expected_version=snap.version, expected_epoch=snap.epoch,
+        records=[], events=[{"type": "key-added", "version": str(snap.version + 1), "jws": "x"}],
+        retention_s=86_400,
+    )  # fmt: skip
+    await redis.set(name, "earlier")
+    for receipt in (Receipt(name, "mine", 60_000), Receipt(name, "mine", 60_000, "other")):
+        with pytest.raises(AlreadyRecorded) as found:
+            await commit(receipt=receipt)
+        assert found.value.raw == "earlier"
+        assert await authority.store.head() == (snap.epoch, snap.version)
+    # The expired record the caller read, and only that one, is replaced with the change.
+    assert await commit(receipt=Receipt(name, "mine", 60_000, "earlier")) == snap.version + 1
+    assert await redis.get(name) == b"mine" and 0 < await redis.pttl(name) <= 60_000
 
 
 async def test_stream_is_trimmed_by_age_not_count(
