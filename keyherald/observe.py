@@ -8,6 +8,7 @@
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -105,11 +106,19 @@ class IssuerClient:
         return _records(await self._get("/admin/plan", admin=True), "transitions")
 
     async def revoke(self, kid: str) -> dict[str, Any]:
-        """``POST /admin/keys/{kid}/revoke``: emergency removal."""
+        """``POST /admin/keys/{kid}/revoke``: emergency removal.
+
+        Sent under a fresh ``Idempotency-Key``, and sent once more under the same key when the
+        connection fails: a revocation whose answer was lost is answered, not made twice.
+        """
+        url = f"{self.issuer}/admin/keys/{kid}/revoke"
+        headers = {**self._admin, "Idempotency-Key": str(uuid.uuid4())}
         try:
-            response = await self._client.post(
-                f"{self.issuer}/admin/keys/{kid}/revoke", headers=self._admin
-            )
+            try:
+                response = await self._client.post(url, headers=headers)
+            except httpx.TransportError as e:
+                logger.warning("revoking %s: %s; retrying under the same Idempotency-Key", kid, e)
+                response = await self._client.post(url, headers=headers)
             response.raise_for_status()
         except httpx.HTTPError as e:
             raise IssuerUnavailable(f"revoking {kid} failed: {e}") from e

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 
 from issuer.app import create_app
 from issuer.store import COMMIT_SCRIPT
+from keyherald.observe import IssuerClient
 from keyherald.redis_server import RedisServer
 from subscriber.clock import ManualClock
 from tests.issuer.conftest import ADMIN_TOKEN, ISSUER, make_settings
@@ -82,6 +83,20 @@ async def test_a_commit_whose_redis_reply_was_lost_is_answered_once(
     assert first.status_code == 201 and first.headers["idempotent-replayed"] == "true"
     assert again.content == first.content
     assert len(keys) == 2
+
+
+async def test_the_status_client_revokes_once_across_a_lost_answer(
+    served: Server, app: FastAPI, redis: aioredis.Redis
+) -> None:
+    authority = app.state.authority
+    kid = (await authority.rotate()).events[0].kid
+    async with ReplyDroppingProxy(served.port, b"/revoke") as proxy:
+        async with IssuerClient(f"http://127.0.0.1:{proxy.port}", admin_token=ADMIN_TOKEN) as c:
+            answer = await c.revoke(kid)
+    assert proxy.dropped.is_set()
+    assert [e["kid"] for e in answer["events"]] == [kid]
+    ended = [e for e in await stream_events(redis, authority) if e.type == "key-retired"]
+    assert [(e.kid, e.data["reason"]) for e in ended] == [(kid, "revoked")]
 
 
 async def test_keyed_rotations_are_each_made_once_across_a_redis_crash(
