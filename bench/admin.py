@@ -11,7 +11,9 @@ A private ``redis-server`` and the issuer app, driven through its ASGI callable 
   a fresh store, then again after ``--cycles`` such pairs have ended that many keys (the
   store forgets all but the newest 32 ended records); target: the same rate;
 - **16 concurrent** ``POST /admin/rotate``: every answer's status (target: 201 or 409 with a
-  reason, never 500) and rotations/s.
+  reason, never 500) and rotations/s;
+- **Idempotency-Key**: the same pairs with a new key on every call (each change also writes
+  its authenticated record), and retries of a rotation under its key (replays) per second.
 """
 
 import argparse
@@ -22,6 +24,7 @@ import contextlib
 import logging
 import os
 import time
+import uuid
 from collections.abc import AsyncIterator
 
 import httpx
@@ -37,14 +40,30 @@ ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 RATIO_TARGET = 0.95
 
 
-async def cycles_per_s(http: httpx.AsyncClient, cycles: int) -> float:
+def _headers(keyed: bool) -> dict[str, str]:
+    return {**ADMIN, "Idempotency-Key": str(uuid.uuid4())} if keyed else ADMIN
+
+
+async def cycles_per_s(http: httpx.AsyncClient, cycles: int, *, keyed: bool = False) -> float:
     start = time.perf_counter()
     for _ in range(cycles):
-        kid = (await http.post("/admin/rotate", headers=ADMIN)).json()["events"][-1]["kid"]
-        answer = await http.post(f"/admin/keys/{kid}/retire", headers=ADMIN)
+        added = await http.post("/admin/rotate", headers=_headers(keyed))
+        kid = added.json()["events"][-1]["kid"]
+        answer = await http.post(f"/admin/keys/{kid}/retire", headers=_headers(keyed))
         if answer.status_code != 200:
             raise RuntimeError(f"retire answered {answer.status_code}: {answer.text}")
     return cycles / (time.perf_counter() - start)
+
+
+async def replays_per_s(http: httpx.AsyncClient, count: int) -> float:
+    headers = _headers(keyed=True)
+    first = await http.post("/admin/rotate", headers=headers)
+    start = time.perf_counter()
+    for _ in range(count):
+        again = await http.post("/admin/rotate", headers=headers)
+        if again.content != first.content or again.headers.get("idempotent-replayed") != "true":
+            raise RuntimeError(f"not a replay: {again.status_code} {again.text}")
+    return count / (time.perf_counter() - start)
 
 
 @contextlib.asynccontextmanager
@@ -80,6 +99,11 @@ async def run(redis_url: str, concurrent: int, cycles: int, probe: int) -> None:
             )
             rate = concurrent / (time.perf_counter() - start)
             statuses = collections.Counter(a.status_code for a in answers)
+            # Keyed between two unkeyed probes, so a drift over the run does not count as cost.
+            before = await cycles_per_s(http, probe)
+            keyed = await cycles_per_s(http, probe, keyed=True)
+            unkeyed = (before + await cycles_per_s(http, probe)) / 2
+            replays = await replays_per_s(http, 4 * probe)
     finally:
         await redis.aclose()
     shown = ", ".join(f"{n} x {code}" for code, n in sorted(statuses.items()))
@@ -91,6 +115,8 @@ async def run(redis_url: str, concurrent: int, cycles: int, probe: int) -> None:
     print(f"rotate+retire pairs/s: fresh store {fresh:,.1f}; after {cycles} more pairs "
           f"({remembered} records kept) {aged:,.1f}; ratio {ratio:.2f} "
           f"({met}: >= {RATIO_TARGET:.2f}, the same rate within the run's noise)")  # fmt: skip
+    print(f"with an Idempotency-Key: rotate+retire pairs/s {keyed:,.1f} (without {unkeyed:,.1f}; "
+          f"ratio {keyed / unkeyed:.2f}); replays of a rotation {replays:,.0f}/s")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
