@@ -469,17 +469,26 @@ class Ledger:
         signed = [sign_event(e, signing_key, announce_kid) for e in events]
         applied = Applied(version=new_version, events=events, records=change.records)
         receipt = None if idempotency is None else idempotency.receipt(applied, now)
-        version = await self.store.commit(
-            expected_version=snap.version,
-            expected_epoch=snap.epoch,
-            records=change.records,
-            events=signed,
-            retention_s=self.retention_s,
-            meta=sealed,
-            fence=fence,
-            forget=forget,
-            receipt=receipt,
-        )
+        try:
+            version = await self.store.commit(
+                expected_version=snap.version,
+                expected_epoch=snap.epoch,
+                records=change.records,
+                events=signed,
+                retention_s=self.retention_s,
+                meta=sealed,
+                fence=fence,
+                forget=forget,
+                receipt=receipt,
+            )
+        except VersionConflict:
+            # redis-py sends the script again when a connection error took its reply; that
+            # second run finds the version the first one moved. A store holding exactly the
+            # state this commit wrote (the MAC binds version, digest and every record, and the
+            # new records carry fresh randomness) means the change landed.
+            if (await self.store.meta()).get("mac") != sealed["mac"]:
+                raise
+            version = new_version
         after_snap = Snapshot(
             version=version,
             epoch=epoch,

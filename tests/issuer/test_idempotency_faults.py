@@ -85,6 +85,42 @@ async def test_a_commit_whose_redis_reply_was_lost_is_answered_once(
     assert len(keys) == 2
 
 
+async def test_a_commit_whose_redis_reply_was_lost_is_answered_without_a_key(
+    redis: aioredis.Redis, redis_url: str, clock: ManualClock
+) -> None:
+    """Without an Idempotency-Key too: the script sent again finds the version moved, and the
+    store at exactly the state the first run wrote (its MAC) means the change landed."""
+    port = urlsplit(redis_url).port
+    assert port is not None
+    async with ReplyDroppingProxy(port, _EVALSHA_COMMIT, armed=False) as proxy:
+        settings = make_settings(redis_url=proxy.url)
+        app = create_app(settings=settings, clock=clock, run_scheduler=False)
+        authority = app.state.authority
+        try:
+            await authority.bootstrap()
+            proxy.arm()
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as http:
+                rotated = await http.post("/admin/rotate", headers=ADMIN)
+                assert proxy.dropped.is_set()
+                kid = rotated.json()["events"][0]["kid"] if rotated.status_code == 201 else None
+                proxy.arm()
+                revoked = await http.post(f"/admin/keys/{kid}/revoke", headers=ADMIN)
+            keys = {k.kid: k.state for k in await authority.keys()}
+            events = await stream_events(redis, authority)
+        finally:
+            await authority.redis.aclose()
+    assert rotated.status_code == 201, rotated.text
+    assert revoked.status_code == 200, revoked.text
+    assert len(keys) == 2 and keys[kid] == "revoked"
+    assert [e.type for e in events] == [
+        "key-added",
+        "key-activated",
+        "key-added",
+        "key-retired",
+    ]
+
+
 async def test_the_status_client_revokes_once_across_a_lost_answer(
     served: Server, app: FastAPI, redis: aioredis.Redis
 ) -> None:
