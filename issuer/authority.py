@@ -29,12 +29,12 @@ from subscriber import redis_keys
 from subscriber.clock import Clock, system_clock
 
 from . import keygen, lifecycle
+from .announcement import ANNOUNCE_PURPOSE
 from .errors import IllegalTransition, StoreTampered, UnknownKey, VersionConflict
 from .idempotency import IdempotentRequest
 from .jwks import JwksDocument, jwks_uri, render_jwks, snapshot_uri
 from .kek import Kek
 from .ledger import (
-    ANNOUNCE_PURPOSE,
     KEEP_ENDED_RECORDS,
     MAX_COMMIT_ATTEMPTS,
     Applied,
@@ -161,6 +161,7 @@ class Authority(Ledger):
                 raise
             logger.warning("Redis unavailable (%s): serving the last metadata", e)
             return self._metadata
+        assert snap.epoch is not None  # snapshot() initialises the store
         algs = sorted({k.alg for k in snap.keys.values() if k.published} | {self.policy.algorithm})
         self._metadata = {
             "issuer": self.issuer,
@@ -168,7 +169,7 @@ class Authority(Ledger):
             "id_token_signing_alg_values_supported": algs,
             "keyherald": {
                 "stream": redis_keys.event_stream(self.issuer),
-                "announcement_keys": [self._announce_jwk(snap)],
+                "announcement_keys": [self.announcement.jwk(snap.meta, snap.epoch)],
                 "snapshot_uri": snapshot_uri(self.issuer),
                 "freshness_stream": redis_keys.freshness_stream(self.issuer),
                 "freshness_interval_s": self.freshness_interval_s,
@@ -213,7 +214,7 @@ class Authority(Ledger):
                 raise StoreTampered(f"the key store does not authenticate: {problem}")
             meta: dict[str, str] = {}
             if not snap.initialised:
-                meta = self._new_store_meta()
+                meta = self.announcement.new_store_meta()
             epoch = snap.epoch or meta["epoch"]
             now = self.clock()
             change = lifecycle.bootstrap(snap.keys, self._new_key(), self.policy, now)

@@ -110,6 +110,29 @@ class StateMac:
         return None
 
 
+def behind(snap: Snapshot, held: Snapshot) -> str | None:
+    """Why an authenticated ``snap`` is not a state to use beside the high-water mark
+    ``held`` (``store_behind``, ``fork``, ``old_epoch``), or ``None``."""
+    if snap.epoch == held.epoch:
+        if snap.version < held.version:
+            return "store_behind"
+        if snap.version == held.version and snap.meta.get("digest") != held.meta["digest"]:
+            return "fork"
+        return None
+    # Another epoch that authenticates: newer (another replica rebuilt a lost store) is
+    # followed; older is a restored backup of a history we already left.
+    if _created_at(snap) > _created_at(held):
+        return None
+    return "old_epoch"
+
+
+def _created_at(snap: Snapshot) -> float:
+    try:
+        return float(snap.meta.get("created_at", "0"))
+    except ValueError:
+        return 0.0
+
+
 class HighWaterMark:
     """The newest authenticated state this issuer has seen: ``(epoch, version, digest)`` and
     the whole store content, so a store that fell behind can be written back.

@@ -15,32 +15,29 @@ each :class:`~issuer.lifecycle.Change` and hands it to :meth:`Ledger._apply`.
 
 import asyncio
 import contextlib
-import json
 import logging
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Final
 
 import redis.asyncio as aioredis
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from subscriber import redis_keys
 from subscriber.clock import Clock, system_clock
-from subscriber.events import KEY_SET_RESTORED, Event, announcement_jwk, sign_event
-from subscriber.history import Freshness, advance, sign_freshness, state_digest
+from subscriber.events import KEY_SET_RESTORED, Event, sign_event
+from subscriber.history import Freshness, sign_freshness
 
 from . import lifecycle
+from .announcement import AnnouncementKey
+from .chain import RecentCommits, chained_events
 from .errors import (
     AlreadyRecorded,
     IdempotencyRecordTampered,
-    KekError,
     StoreTampered,
     VersionConflict,
 )
 from .idempotency import IdempotentRequest
-from .integrity import HighWaterMark, StateMac, entries, public_digest
+from .integrity import HighWaterMark, StateMac, behind, public_digest
 from .jwks import SignedSnapshot, render_snapshot
 from .kek import Kek
 from .lifecycle import Change
@@ -53,7 +50,6 @@ KEEP_ENDED_RECORDS: Final = 32
 MAX_COMMIT_ATTEMPTS: Final = 20
 #: Signed commits this process keeps to write back should the store lose them.
 RECENT_COMMITS_KEPT: Final = 256
-ANNOUNCE_PURPOSE: Final = "announcement-key"
 
 #: Builds a change from the current snapshot and time; ``None`` means nothing to do.
 ChangeBuilder = Callable[[Snapshot, float], Change | None]
@@ -107,7 +103,7 @@ class Ledger:
         self.retention_s = retention_s
         self.store = KeyStore(redis, issuer)
         self._changing = asyncio.Lock()
-        self._announce: tuple[str, str, Ed25519PrivateKey] | None = None  # epoch, kid, key
+        self.announcement = AnnouncementKey(kek, issuer, clock)
         self._mac = StateMac(kek, issuer)
         self.hwm = HighWaterMark(self._mac, state_dir)
         self.freshness_interval_s = float(freshness_interval_s)
@@ -116,10 +112,8 @@ class Ledger:
         self.tamper_count = 0
         #: Restores from the high-water mark, by reason (``store_behind``, ``tampered``, ...).
         self.restores: dict[str, int] = {}
-        #: The signed stream entries of this process's newest commits, by (epoch, version),
-        #: with the digest each one's ``prev`` names: what a restore writes back when the store
-        #: lost them, so the stream stays whole and consecutive.
-        self._recent: dict[tuple[str, int], tuple[Mapping[str, str], str | None]] = {}
+        #: This process's newest signed commits, to append again should the store lose them.
+        self.recent = RecentCommits(RECENT_COMMITS_KEPT)
         #: The newest authenticated key set and when the store was last read and checked in
         #: full: reused while the store's meta is unchanged (see :meth:`snapshot`).
         self._known: tuple[float, Snapshot] | None = None
@@ -136,7 +130,7 @@ class Ledger:
             snap = await self.store.load()
             if snap.initialised:
                 return
-            meta = self._new_store_meta()
+            meta = self.announcement.new_store_meta()
             sealed = self._mac.sealed_meta(meta, {}, [], version=0)
             try:
                 await self.store.commit(
@@ -210,7 +204,7 @@ class Ledger:
         self.hwm.advance(snap)
         # Unsealing at first read finds a wrong KEK at start-up, and keeps the announcement key
         # in memory should the store ever be lost.
-        self._announce_signer(snap.meta, snap.epoch)
+        self.announcement.signer(snap.meta, snap.epoch)
         self._known = (self.clock(), snap)
         return snap
 
@@ -220,7 +214,7 @@ class Ledger:
             return "store_empty"
         problem = self._mac.problem(snap)
         if problem is not None:
-            self._check_kek(snap.meta)
+            self.announcement.check_kek(snap.meta)
             self.tamper_count += 1
             self.log.error(
                 "TAMPERING: the key store does not authenticate (%s); nothing of it is used",
@@ -228,19 +222,7 @@ class Ledger:
                 extra={"epoch": snap.epoch, "version": snap.version},
             )
             return "tampered"
-        if held is None:
-            return None
-        if snap.epoch == held.epoch:
-            if snap.version < held.version:
-                return "store_behind"
-            if snap.version == held.version and snap.meta.get("digest") != held.meta["digest"]:
-                return "fork"
-            return None
-        # Another epoch that authenticates: newer (another replica rebuilt a lost store) is
-        # followed; older is a restored backup of a history we already left.
-        if _created_at(snap) > _created_at(held):
-            return None
-        return "old_epoch"
+        return None if held is None else behind(snap, held)
 
     async def _restore(self, store_snap: Snapshot, held: Snapshot, reason: str) -> None:
         """Write ``held`` (the high-water mark) back: the lost commits themselves when this
@@ -266,7 +248,7 @@ class Ledger:
             prev=held.meta["digest"],
             digest=public_digest(self.issuer, held.epoch, version, records),
         )
-        announce_kid, signing_key = self._announce_signer(held.meta, held.epoch)
+        announce_kid, signing_key = self.announcement.signer(held.meta, held.epoch)
         meta = self._mac.sealed_meta(held.meta, held.raw_keys, records, version=version)
         await self.store.commit(
             expected_version=store_snap.meta.get("version", "0"),
@@ -295,17 +277,14 @@ class Ledger:
         start = store_snap.version if store_snap.epoch == held.epoch else 0
         if store_snap.epoch not in (held.epoch, None):
             return False
-        lost = [self._recent.get((held.epoch, v)) for v in range(start + 1, held.version + 1)]
-        if not lost or any(entry is None for entry in lost):
+        lost = self.recent.since(held.epoch, start, held.version, store_snap.meta.get("digest"))
+        if not lost:
             return False
-        first_prev = lost[0][1] if lost[0] is not None else None
-        if start and store_snap.meta.get("digest") != first_prev:
-            return False  # the store holds another state at that version: not ours to extend
         await self.store.commit(
             expected_version=store_snap.meta.get("version", "0"),
             expected_epoch=store_snap.epoch,
             records=list(held.keys.values()),
-            events=[entry[0] for entry in lost if entry is not None],
+            events=lost,
             retention_s=self.retention_s,
             meta=held.meta,
             new_version=held.version,
@@ -325,7 +304,8 @@ class Ledger:
         """The public JWK(s) of the announcement key that signs stream events, derived from
         the unsealed private key (never read from Redis)."""
         snap = await self.snapshot()
-        return [self._announce_jwk(snap)]
+        assert snap.epoch is not None
+        return [self.announcement.jwk(snap.meta, snap.epoch)]
 
     async def signed_snapshot(self) -> SignedSnapshot:
         """The key set as a JWS signed by the announcement key; signed anew once per version
@@ -347,7 +327,7 @@ class Ledger:
         ):
             return cached
         assert snap.epoch is not None
-        announce_kid, signing_key = self._announce_signer(snap.meta, snap.epoch)
+        announce_kid, signing_key = self.announcement.signer(snap.meta, snap.epoch)
         self._signed = render_snapshot(
             snap,
             issuer=self.issuer,
@@ -384,7 +364,7 @@ class Ledger:
             digest=snap.meta["digest"],
             ts=self.clock(),
         )
-        announce_kid, signing_key = self._announce_signer(snap.meta, snap.epoch)
+        announce_kid, signing_key = self.announcement.signer(snap.meta, snap.epoch)
         await publish_freshness(
             self.redis,
             redis_keys.freshness_stream(self.issuer),
@@ -455,13 +435,13 @@ class Ledger:
         epoch = epoch or snap.epoch
         assert epoch is not None
         base_meta = meta or snap.meta
-        announce_kid, signing_key = self._announce_signer(base_meta, epoch)
+        announce_kid, signing_key = self.announcement.signer(base_meta, epoch)
         after = lifecycle.updated(snap.keys, change)
         forget = forgettable(after.values(), KEEP_ENDED_RECORDS)
         after_records = [r for kid, r in after.items() if kid not in forget]
         raw_after = {k: v for k, v in snap.raw_keys.items() if k not in forget}
         raw_after.update((r.kid, r.to_json()) for r in change.records)
-        events = self._chained_events(snap, change, epoch, now)
+        events = chained_events(self.issuer, snap, change, epoch, now)
         new_version = snap.version + len(events)
         if events[-1].digest != public_digest(self.issuer, epoch, new_version, after_records):
             raise AssertionError("the events do not lead to the committed key set")  # a bug
@@ -500,10 +480,7 @@ class Ledger:
         known = self._known
         if known is not None and known[1] is snap:
             self._known = (known[0], after_snap)
-        for event, fields in zip(events, signed, strict=True):
-            self._recent[(epoch, event.version)] = (fields, event.prev)
-        while len(self._recent) > RECENT_COMMITS_KEPT:
-            del self._recent[next(iter(self._recent))]
+        self.recent.remember(events, signed)
         for event in events:
             self.log.info(
                 "%s kid=%s version=%s",
@@ -513,102 +490,3 @@ class Ledger:
                 extra={"event": event.type, "kid": event.kid, "version": event.version},
             )
         return applied
-
-    def _chained_events(
-        self, snap: Snapshot, change: Change, epoch: str, now: float
-    ) -> tuple[Event, ...]:
-        # Each event's digest is computed by the same rule verifiers apply (history.advance),
-        # starting from the digest of the state this change was built on.
-        state = {e[0]: e for e in entries(snap.keys.values())} if snap.epoch == epoch else {}
-        prev = state_digest(self.issuer, epoch, snap.version, state.values())
-        events: list[Event] = []
-        for offset, spec in enumerate(change.events, start=1):
-            version = snap.version + offset
-            draft = Event(
-                type=spec.type, issuer=self.issuer, epoch=epoch, version=version,
-                kid=spec.kid, ts=now, data=spec.data,
-            )  # fmt: skip
-            state = advance(state, draft)
-            digest = state_digest(self.issuer, epoch, version, state.values())
-            events.append(
-                Event(
-                    type=spec.type,
-                    issuer=self.issuer,
-                    epoch=epoch,
-                    version=version,
-                    kid=spec.kid,
-                    ts=now,
-                    data=spec.data,
-                    event_id=draft.event_id,
-                    prev=prev,
-                    digest=digest,
-                )  # fmt: skip
-            )
-            prev = digest
-        return tuple(events)
-
-    # -- the announcement key --------------------------------------------------------------
-
-    def _new_store_meta(self) -> dict[str, str]:
-        # A store lost under a running process keeps its announcement key: verifiers that
-        # pinned it go on trusting events, and only resync for the new epoch.
-        announce = self._announce[2] if self._announce else Ed25519PrivateKey.generate()
-        jwk = announcement_jwk(announce.public_key())
-        raw = announce.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        sealed = self.kek.seal(raw, kid=jwk["kid"], purpose=ANNOUNCE_PURPOSE)
-        return {
-            "epoch": uuid.uuid4().hex,
-            "issuer": self.issuer,
-            "created_at": repr(self.clock()),
-            "announce_kid": jwk["kid"],
-            "announce_sealed": _json(sealed),
-        }
-
-    def _announce_signer(
-        self, meta: Mapping[str, str], epoch: str
-    ) -> tuple[str, Ed25519PrivateKey]:
-        cached = self._announce
-        if cached is not None and cached[0] == epoch and cached[1] == meta.get("announce_kid"):
-            return cached[1], cached[2]
-        kid = meta["announce_kid"]
-        raw = self.kek.open(_loads(meta["announce_sealed"]), kid=kid, purpose=ANNOUNCE_PURPOSE)
-        key = Ed25519PrivateKey.from_private_bytes(raw)
-        self._announce = (epoch, kid, key)
-        return kid, key
-
-    def _check_kek(self, meta: Mapping[str, str]) -> None:
-        # A store sealed under another KEK fails authentication too; that is a configuration
-        # mistake to name, not tampering to repair.
-        try:
-            kek_id = _loads(meta.get("announce_sealed", "{}")).get("kek_id")
-        except (ValueError, AttributeError):
-            return
-        if isinstance(kek_id, str) and kek_id != self.kek.kek_id:
-            raise KekError(
-                f"the key store is sealed under KEK id {kek_id!r}, "
-                f"the configured KEK has id {self.kek.kek_id!r}"
-            )
-
-    def _announce_jwk(self, snap: Snapshot) -> dict[str, Any]:
-        assert snap.epoch is not None
-        _, key = self._announce_signer(snap.meta, snap.epoch)
-        return announcement_jwk(key.public_key())
-
-
-def _created_at(snap: Snapshot) -> float:
-    try:
-        return float(snap.meta.get("created_at", "0"))
-    except ValueError:
-        return 0.0
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), sort_keys=True)
-
-
-def _loads(value: str) -> Any:
-    return json.loads(value)
