@@ -40,7 +40,7 @@ import uvicorn
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from keyherald.redis_server import RedisServer, free_port
-from subscriber.follower import raise_if_cancelled
+from subscriber.cancellation import raise_if_cancelled
 from subscriber.jws import b64url_decode
 from subscriber.redis_keys import event_stream
 from subscriber.verifier import Verifier

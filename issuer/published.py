@@ -26,7 +26,8 @@ from typing import Any, TypeAlias
 
 from redis.exceptions import RedisError
 
-from subscriber.follower import effective_block_ms, raise_if_cancelled
+from subscriber.cancellation import raise_if_cancelled
+from subscriber.follower import effective_block_ms
 from subscriber.jws import compact_json
 from subscriber.redis_keys import event_stream
 

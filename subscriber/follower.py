@@ -14,7 +14,6 @@ Redis errors end the session: the follower reports itself disconnected and recon
 exponential backoff and full jitter (tenacity), resyncing each time.
 """
 
-import asyncio
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from redis.exceptions import RedisError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_random_exponential
 
+from .cancellation import raise_if_cancelled
 from .clock import Clock
 from .constants import block_ms, reconnect_max_s, reconnect_min_s, resync_cooldown_s, xread_count
 from .errors import EventError, FetchError
@@ -75,17 +75,6 @@ def _by_stream(reply: XReadReply) -> dict[str, list[StreamEntry]]:
 
 #: Events that send the follower back to the snapshot.
 _RESYNC_OUTCOMES = (Outcome.GAP, Outcome.NEW_EPOCH, Outcome.FORK)
-
-
-def raise_if_cancelled() -> None:
-    """Re-raise a cancellation a library swallowed.
-
-    redis-py 8.1's asyncio client can turn a task cancellation that lands during a read into
-    an ordinary (empty) reply; a loop that only relies on ``CancelledError`` then never ends.
-    """
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 def effective_block_ms(client: aioredis.Redis, wanted_ms: int = block_ms) -> int:

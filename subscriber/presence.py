@@ -29,8 +29,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .cancellation import raise_if_cancelled
 from .clock import Clock
-from .follower import raise_if_cancelled
 from .metrics import Metrics
 from .redis_keys import verifier_index, verifier_states
 

@@ -27,9 +27,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from .cancellation import raise_if_cancelled
 from .clock import Clock
 from .errors import EventError, FetchError
-from .follower import raise_if_cancelled
 from .history import KeySetSnapshot, parse_snapshot
 from .jwks_client import JwksClient, poll_delay_s
 from .keyset import KeySet

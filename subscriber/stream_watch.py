@@ -28,6 +28,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .cancellation import cancel_and_wait, raise_if_cancelled
 from .constants import reconnect_max_s, reconnect_min_s, xread_count
 
 logger = logging.getLogger(__name__)
@@ -82,8 +83,7 @@ class StreamWatch:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await cancel_and_wait(task)
 
     def _bump(self) -> None:
         self.generation += 1
@@ -93,6 +93,7 @@ class StreamWatch:
     async def wait(self, generation: int, timeout_s: float) -> None:
         """Return once :attr:`generation` has moved past ``generation``, or ``timeout_s``
         passed; raise the watch's error if its last read failed."""
+        raise_if_cancelled()  # else a cancellation lost in the caller's last command waits here
         if self.generation == generation and self.error is None:
             changed = self._changed
             try:
@@ -115,9 +116,7 @@ class StreamWatch:
             try:
                 await self._watch()
             except (RedisError, OSError) as e:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from e  # redis-py can swallow a cancellation
+                raise_if_cancelled()  # a cancellation lost in redis-py can surface as an error
                 self.error = e
                 self._bump()
                 logger.debug("stream watch read failed (%s), retrying", type(e).__name__)
@@ -146,9 +145,7 @@ class StreamWatch:
                 count=xread_count,
                 block=self.block_ms,
             )
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError
+            raise_if_cancelled()
             self.answered_at = time.monotonic()
             by_stream = _by_stream(reply)
             if by_stream:

@@ -14,8 +14,8 @@ import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .cancellation import raise_if_cancelled
 from .constants import task_restart_max_s, task_restart_min_s
-from .follower import raise_if_cancelled
 from .metrics import Metrics
 
 logger = logging.getLogger(__name__)

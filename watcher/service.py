@@ -36,8 +36,8 @@ from redis.exceptions import RedisError
 from issuer.errors import LeaseLost, StoreError
 from issuer.lease import FencedLease
 from subscriber import redis_keys
+from subscriber.cancellation import raise_if_cancelled
 from subscriber.clock import Clock, system_clock
-from subscriber.follower import raise_if_cancelled
 
 from . import constants
 from .diff import KeySetDiff

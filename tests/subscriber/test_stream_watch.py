@@ -71,3 +71,18 @@ async def test_idle_heartbeats_of_a_process_are_refreshed_in_one_call(issuer: Is
     assert sent <= 8, sent
     live = await live_verifiers(issuer.redis, ISSUER, issuer.clock())
     assert {v.instance_id for v in verifiers} <= {r["instance_id"] for r in live}
+
+
+async def test_verifiers_closed_while_they_read_stop_at_once(issuer: Issuer) -> None:
+    # Closed just after it started, or as an event arrives, a verifier's follower and the
+    # watch are sending their next commands: on Python 3.11 the asyncio.wait_for redis-py
+    # sends through then loses the cancellation, and the watch blocked on for block_ms, the
+    # follower waited idle_wake_s (10 s) before it noticed.
+    for rotate in (False, True) * 5:
+        verifiers = [issuer.verifier(block_ms=5_000, presence=False) for _ in range(10)]
+        for verifier in verifiers:
+            await verifier.start()
+        if rotate:
+            await issuer.authority.rotate()
+        async with asyncio.timeout(1.0):
+            await asyncio.gather(*(verifier.aclose() for verifier in verifiers))
