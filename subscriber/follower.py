@@ -11,7 +11,8 @@ snapshot, at once the first time and then at most once per ``resync_cooldown_s``
 entries cost one fetch, not one each); a forged entry only asks for a rate-limited refresh.
 
 Redis errors end the session: the follower reports itself disconnected and reconnects with
-exponential backoff and full jitter (tenacity), resyncing each time.
+exponential backoff and full jitter (tenacity), resyncing each time; after a failure of the
+shared stream watch, once the watch reads again.
 """
 
 import logging
@@ -215,6 +216,8 @@ class StreamFollower:
 
     async def _session(self) -> None:
         if not self._synced:
+            # After the watch failed: resync once it reads again (see stream_watch.py).
+            await self._watch.recovered(self._reconnect_max_s)
             await self.resync("connect")
         self._synced = False  # any later session follows a disconnection: resync first
         self._on_connected(True)

@@ -17,7 +17,10 @@ verifiers of a process share one, see :mod:`subscriber.clients`) now share one w
   followers when the stream lost entries (a flushed or restored Redis), so each checks its
   own position: no follower reads the head after an empty read;
 - a failed read is handed to every waiting follower as the error it would have met itself,
-  so their sessions end and reconnect as before; the watch retries on its own.
+  so their sessions end; the watch retries on its own, with a backoff that starts afresh for
+  each outage, and a follower reconnects once the watch reads again (:meth:`recovered`), not
+  before: a resync then would find the watch still failed, and the next one fetch the
+  snapshot again, as fast as the issuer answers.
 """
 
 import asyncio
@@ -104,6 +107,17 @@ class StreamWatch:
         if self.error is not None:
             raise RedisError(f"stream watch failed: {self.error}") from self.error
 
+    async def recovered(self, timeout_s: float) -> None:
+        """Return once the watch reads again after a failure (at once if its last read
+        answered), or after ``timeout_s``."""
+        raise_if_cancelled()
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.error is not None:
+                    await self._changed.wait()
+        except TimeoutError:
+            pass
+
     def alive(self) -> bool:
         """Whether the watch's reads have been answering (the stream is reachable)."""
         return self.error is None and time.monotonic() - self.answered_at < 3 * (
@@ -117,13 +131,29 @@ class StreamWatch:
                 await self._watch()
             except (RedisError, OSError) as e:
                 raise_if_cancelled()  # a cancellation lost in redis-py can surface as an error
+                if self.error is None:
+                    # It was reading: a new outage, so the backoff starts again from its
+                    # minimum (a watch that doubled it for good would, after a few blips,
+                    # leave every follower reconnect_max_s behind each one).
+                    delay = reconnect_min_s
+                    logger.warning(
+                        "stream %s: read failed (%s: %s), retrying in %.2fs",
+                        self.streams[0],
+                        type(e).__name__,
+                        e,
+                        delay,
+                    )
+                else:
+                    logger.debug(
+                        "stream %s: read failed again (%s), retrying in %.2fs",
+                        self.streams[0],
+                        type(e).__name__,
+                        delay,
+                    )
                 self.error = e
                 self._bump()
-                logger.debug("stream watch read failed (%s), retrying", type(e).__name__)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, reconnect_max_s)
-            else:  # pragma: no cover - _watch only returns by raising
-                delay = reconnect_min_s
 
     async def _heads(self) -> dict[str, str]:
         heads = {}
@@ -135,6 +165,8 @@ class StreamWatch:
     async def _watch(self) -> None:
         ids = await self._heads()
         self.position = dict(ids)
+        if self.error is not None:
+            logger.info("stream %s: reading again", self.streams[0])
         self.error = None
         self.answered_at = time.monotonic()
         self._bump()  # followers waiting on a failed or new watch read again

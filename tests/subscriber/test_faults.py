@@ -1,5 +1,6 @@
 """Redis faults: restart, flush, an unreachable Redis with polling, each ending correct."""
 
+import logging
 from collections.abc import AsyncIterator
 
 import pytest
@@ -92,3 +93,49 @@ async def test_trimmed_stream_ends_in_a_resync_and_following_resumes(issuer: Iss
         assert verifier.keyset.version == view.version
         applied = await issuer.authority.rotate()
         await eventually(lambda: verifier.keyset.version == applied.version, what="next event")
+
+
+async def test_a_redis_stalled_past_the_socket_timeout_is_followed_again_at_once_each_time(
+    redis_server: RedisServer, own_redis: aioredis.Redis, clock: ManualClock, caplog
+) -> None:
+    # The verifier's reads time out after 0.2 s; each stall lasts three failed reads of the
+    # stream watch, as a failover or a long pause would. A watch whose backoff kept doubling
+    # across stalls was 1.6 s behind after the second and 5 s after the third; its followers
+    # meanwhile re-fetched the snapshot as fast as the issuer answered.
+    watch = "subscriber.stream_watch"
+    caplog.set_level(logging.DEBUG, watch)
+
+    def logged(text: str) -> list[logging.LogRecord]:
+        return [r for r in caplog.records if r.name == watch and text in r.message]
+
+    stream_redis = aioredis.Redis.from_url(
+        redis_server.url, socket_timeout=0.2, socket_connect_timeout=0.2
+    )
+    async with running_issuer(own_redis, clock) as issuer:
+        async with issuer.verifier(redis=stream_redis, block_ms=100, presence=False) as verifier:
+            for _ in range(3):
+                failed, recovered = len(logged("read failed")), len(logged("reading again"))
+                fetches = issuer.transport.snapshot_fetches()
+                redis_server.pause()
+                try:
+                    await eventually(
+                        lambda n=failed: len(logged("read failed")) >= n + 3,
+                        what="three failed reads",
+                    )
+                finally:
+                    redis_server.resume()
+                # The retry is a warning the first time, and only then.
+                levels = [r.levelno for r in logged("read failed")[failed:]]
+                assert levels == [logging.WARNING] + [logging.DEBUG] * (len(levels) - 1)
+                await eventually(
+                    lambda n=recovered: len(logged("reading again")) > n,
+                    timeout_s=1.0,
+                    what="the watch reading again",
+                )
+                await eventually(lambda: verifier.health().state == "live", what="live again")
+                assert issuer.transport.snapshot_fetches() - fetches <= 3
+                connects = resyncs(verifier, "connect")
+                kid = (await issuer.authority.rotate()).events[-1].kid
+                await eventually(lambda k=kid: k in verifier.keyset.view.keys, timeout_s=1.0)
+                assert resyncs(verifier, "connect") == connects  # read from the stream
+    await stream_redis.aclose()
