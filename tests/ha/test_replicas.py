@@ -20,7 +20,8 @@ from keyherald.redis_server import find_redis_server
 from subscriber import Verifier
 from subscriber.presence import live_verifiers
 from tests.ha.harness import ADMIN, AUDIENCE, ISSUER, settings
-from tests.ha.topology import Node, _server_args, _until
+from tests.ha.topology import Node, _server_args, _until, replicas_streaming
+from tests.subscriber.conftest import eventually
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,12 +37,7 @@ def nodes() -> Iterator[list[Node]]:
         started.append(Node(binary, root, "primary", _server_args()).start())
         args = [*_server_args(), "--replicaof", "127.0.0.1", str(started[0].port)]
         started.append(Node(binary, root, "replica", args).start())
-        _until(
-            lambda: (
-                started[0].client().info("replication").get("slave0", {}).get("state") == "online"
-            ),
-            "the replica online",
-        )
+        _until(lambda: replicas_streaming(started[0], 1), "the replica streaming")
         yield started
     finally:
         for node in started:
@@ -81,6 +77,14 @@ async def _xreads(node: Node) -> int:
     return int(stats.get("cmdstat_xread", {}).get("calls", 0))
 
 
+async def _live(node: Node, now: float) -> list[str]:
+    client = aioredis.Redis(port=node.port)
+    try:
+        return [r["instance_id"] for r in await live_verifiers(client, ISSUER, now)]
+    finally:
+        await client.aclose()
+
+
 async def test_stream_from_the_listed_replica_heartbeats_on_the_primary(nodes) -> None:
     primary, replica = nodes
     url = f"redis://{primary.address}/0"
@@ -88,20 +92,16 @@ async def test_stream_from_the_listed_replica_heartbeats_on_the_primary(nodes) -
         async with _verifier(f"{url}?replicas={replica.address}", http) as verifier:
             added = await http.post("/admin/rotate", headers=ADMIN)
             kid = added.json()["events"][0]["kid"]
-            for _ in range(100):
-                if kid in verifier.health().kids:
-                    break
-                await asyncio.sleep(0.05)
-            assert kid in verifier.health().kids
+            await eventually(lambda k=kid: k in verifier.health().kids, what="the new key")
             # Nothing but the verifier talks to the replica (the issuer reads its own stream
             # on the primary).
             assert await _xreads(replica) > 0
-            client = aioredis.Redis(port=primary.port)
-            try:
-                live = await live_verifiers(client, ISSUER, http.app.state.authority.clock())  # type: ignore[attr-defined]
-            finally:
-                await client.aclose()
-            assert [r["instance_id"] for r in live] == [verifier.instance_id]
+
+            async def listed(clock=http.app.state.authority.clock) -> bool:  # type: ignore[attr-defined]
+                return await _live(primary, clock()) == [verifier.instance_id]
+
+            # The first heartbeat and the key travel apart: neither waits for the other.
+            await eventually(listed, what="the heartbeat on the primary")
             assert verifier.health().heartbeat_error is None
 
 
@@ -117,10 +117,9 @@ async def test_a_verifier_refused_by_maxclients_says_so(nodes, caplog) -> None:
         try:
             caplog.set_level(logging.WARNING, "subscriber")
             async with _verifier(url, http) as verifier:
-                for _ in range(100):
-                    if verifier.health().heartbeat_error is not None:
-                        break
-                    await asyncio.sleep(0.05)
+                await eventually(
+                    lambda: verifier.health().heartbeat_error is not None, what="the refusal"
+                )
                 health = verifier.health()
                 assert health.state != "live"
                 assert health.redis_error is not None and "maxclients" in health.redis_error
@@ -200,9 +199,8 @@ async def test_a_dead_listed_replica_moves_the_stream_to_the_next_address(nodes)
             replica.kill()
             added = await http.post("/admin/rotate", headers=ADMIN)
             kid = added.json()["events"][0]["kid"]
-            for _ in range(200):
-                if kid in verifier.health().kids and verifier.health().state == "live":
-                    break
-                await asyncio.sleep(0.05)
-            assert kid in verifier.health().kids
-            assert verifier.health().state == "live"
+            await eventually(
+                lambda k=kid: k in verifier.health().kids and verifier.health().state == "live",
+                timeout_s=10.0,
+                what="the key, live, from the primary",
+            )

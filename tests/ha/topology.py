@@ -116,6 +116,21 @@ def _server_args() -> list[str]:
     ]  # fmt: skip
 
 
+def replicas_streaming(primary: Node, count: int) -> bool:
+    """Whether ``count`` replicas acknowledge a write made now.
+
+    INFO says ``online`` before the primary streams writes to a replica: after a diskless
+    sync, Redis 7.0 waits for the replica's ``REPLCONF ACK`` ("Waiting for REPLCONF ACK from
+    slave to enable streaming" in its log), and when the ACK the replica sends on loading
+    arrives before the primary has reaped its RDB child, for the next one, up to a second
+    later. Writes made meanwhile reach the replica only then.
+    """
+    client = primary.client()
+    client.set("keyherald-test:replication-probe", "1")
+    client.delete("keyherald-test:replication-probe")
+    return int(client.wait(count, 100)) >= count
+
+
 def _until(check: object, what: str, timeout_s: float = startup_timeout_s) -> None:
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
@@ -195,6 +210,7 @@ class SentinelTopology(_Topology):
             return len(online) >= count
 
         _until(ready, f"{count} replicas online")
+        _until(lambda: replicas_streaming(primary, count), f"{count} replicas streaming")
 
     def _sentinels_agree(self) -> bool:
         for sentinel in self.sentinels:
