@@ -45,7 +45,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import Connection, SSLConnection, parse_url
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ConstantBackoff
 from redis.cluster import LoadBalancingStrategy
 from redis.exceptions import ReadOnlyError
@@ -308,15 +308,25 @@ class RedisClients:
         self._closers.clear()
 
 
+class _BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """Sentinel's pool, waiting for a free connection as :class:`BlockingConnectionPool` does
+    (redis-py has no such pool of its own)."""
+
+
 def connect(
     url: str | RedisTarget,
     *,
     setting: str = "redis_url",
     socket_timeout_s: float | None = 5.0,
     max_connections: int | None = None,
+    pool_timeout_s: float | None = None,
 ) -> RedisClients:
     """Build the clients for ``url``; no connection is made until the first command.
 
+    :param pool_timeout_s: with ``max_connections`` in use, a command waits up to this long
+        for one to come free (then ``ConnectionError``) instead of failing at once with
+        ``MaxConnectionsError``: a burst of requests queues. Plain and Sentinel deployments
+        only; redis-py's cluster client has no pool that waits.
     :raises RedisConfigError: the URL cannot be used (see :func:`parse_redis_url`), or a file
         it names (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``) cannot be read.
     """
@@ -330,20 +340,25 @@ def connect(
     if max_connections is not None:
         common["max_connections"] = max_connections
     if target.kind == "sentinel":
-        return _sentinel(target, common)
+        return _sentinel(target, common, pool_timeout_s)
     if target.kind == "cluster":
         return _cluster(target, common)
     assert target.plain_url is not None
+    pool_class: type[aioredis.ConnectionPool] = aioredis.ConnectionPool
+    if pool_timeout_s is not None:
+        pool_class, common["timeout"] = aioredis.BlockingConnectionPool, pool_timeout_s
     # A managed primary endpoint (a DNS name) moves on failover: a write refused as read-only
     # drops the connection, and the retry reconnects to whatever the name now points at.
-    primary = aioredis.Redis.from_url(target.plain_url, retry_on_error=[ReadOnlyError], **common)
+    pool = pool_class.from_url(target.plain_url, retry_on_error=[ReadOnlyError], **common)
+    primary = aioredis.Redis.from_pool(pool)  # owns the pool: closed with it
     clients = RedisClients(target, primary, primary, [primary])
     if target.replicas:
         rotation = _Rotation(target.replicas, target.hosts[0])
         options = {k: v for k, v in target.options.items() if k not in ("host", "port")}
         options["connection_class"] = _ReplicaSSLConnection if target.tls else _ReplicaConnection
-        pool = aioredis.ConnectionPool(rotation=rotation, **options, **common)
-        clients.stream = aioredis.Redis.from_pool(pool)  # owns the pool: closed with it
+        clients.stream = aioredis.Redis.from_pool(
+            pool_class(rotation=rotation, **options, **common)
+        )
         clients._closers.append(clients.stream)
     return clients
 
@@ -359,7 +374,9 @@ def _check_files(target: RedisTarget) -> None:
             )
 
 
-def _sentinel(target: RedisTarget, common: dict[str, Any]) -> RedisClients:
+def _sentinel(
+    target: RedisTarget, common: dict[str, Any], pool_timeout_s: float | None
+) -> RedisClients:
     assert target.service is not None
     options = {k: v for k, v in target.options.items() if k != "connection_class"}
     sentinel_kwargs = {
@@ -370,10 +387,13 @@ def _sentinel(target: RedisTarget, common: dict[str, Any]) -> RedisClients:
     sentinel = Sentinel(
         list(target.hosts), sentinel_kwargs=sentinel_kwargs, ssl=target.tls, **options, **common
     )
-    primary = sentinel.master_for(target.service)
+    pool: dict[str, Any] = {}
+    if pool_timeout_s is not None:
+        pool = {"connection_pool_class": _BlockingSentinelPool, "timeout": pool_timeout_s}
+    primary = sentinel.master_for(target.service, **pool)
     clients = RedisClients(target, primary, primary, [primary])
     if target.read_from_replica:
-        clients.stream = sentinel.slave_for(target.service)
+        clients.stream = sentinel.slave_for(target.service, **pool)
         clients._closers.append(clients.stream)
     clients._closers.append(sentinel)
     return clients
