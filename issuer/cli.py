@@ -8,11 +8,9 @@ import re
 import textwrap
 
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 
-from keyherald.errors import CommandError, ConfigurationError, settings_problems
-from subscriber.redis_conn import RedisConfigError, connect, redact
-from subscriber.redis_tls import tls_failure
+from keyherald.errors import ConfigurationError, settings_problems
+from keyherald.redis_check import check_redis
 
 from .errors import ConfigError
 from .kek import Kek
@@ -102,27 +100,6 @@ def _env_names(message: str) -> str:
     return message
 
 
-async def _check_redis(url: str, timeout_s: float) -> None:
-    # The same clients the issuer builds: a Sentinel or Cluster URL is checked through them.
-    try:
-        clients = connect(url, setting="KEYHERALD_REDIS_URL", socket_timeout_s=timeout_s)
-    except RedisConfigError as e:  # a TLS file that cannot be read
-        raise ConfigurationError(str(e)) from e
-    try:
-        await clients.primary.ping()
-    except (RedisError, OSError) as e:
-        tls = tls_failure(e, setting="KEYHERALD_REDIS_URL")
-        if tls is not None:
-            raise ConfigurationError(str(tls)) from e
-        where = ",".join(f"{host}:{port}" for host, port in clients.target.hosts) or redact(url)
-        raise CommandError(
-            f"cannot reach Redis at {where} "
-            f"({type(e).__name__}: {e}): start it, or set KEYHERALD_REDIS_URL"
-        ) from e
-    finally:
-        await clients.aclose()
-
-
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -130,7 +107,13 @@ def run(args: argparse.Namespace) -> int:
 
     settings, kek = load_settings()
     # Before "serving on": an unreachable Redis is one line here, not a traceback at startup.
-    asyncio.run(_check_redis(settings.redis_url, settings.redis_timeout_s))
+    asyncio.run(
+        check_redis(
+            settings.redis_url,
+            setting="KEYHERALD_REDIS_URL",
+            socket_timeout_s=settings.redis_timeout_s,
+        )
+    )
     app = create_app(settings=settings, kek=kek)
     logger.info("issuer %s serving on http://%s:%s", settings.issuer, args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None, lifespan="on")

@@ -135,15 +135,10 @@ _REDIS_SETTING = {"relay": "KEYHERALD_RELAY_REDIS_URL", "watch": "KEYHERALD_WATC
 
 
 def _redis_failure(command: str, error: Exception) -> CommandError:
-    from subscriber.redis_tls import tls_failure  # on the error path only: commands load light
+    from .redis_check import redis_failure  # on the error path only: commands load light
 
     setting = _REDIS_SETTING.get(command, "KEYHERALD_REDIS_URL (or the command's --redis-url)")
-    tls = tls_failure(error, setting=setting)
-    if tls is not None:
-        return ConfigurationError(str(tls))
-    return CommandError(
-        f"cannot reach Redis ({error}): start it, or point {setting} at a running one"
-    )
+    return redis_failure(error, setting)
 
 
 def _unexpected(error: BaseException) -> CommandError:
