@@ -23,11 +23,12 @@ from issuer.cli import show_default
 from issuer.errors import ConfigError as IssuerConfigError
 from issuer.kek import Kek
 from keyherald.errors import CommandError, ConfigurationError, settings_problems
+from keyherald.redis_check import check_redis
 from subscriber.constants import http_timeout_s
 from subscriber.errors import FetchError, InvalidKey
 from subscriber.events import load_announcement_keys
 from subscriber.jwks_client import JwksClient
-from subscriber.redis_conn import RedisConfigError, connect
+from subscriber.redis_conn import connect
 
 from . import constants
 from .api import create_app
@@ -41,6 +42,8 @@ from .service import Relay
 from .settings import RelaySettings
 
 logger = logging.getLogger(__name__)
+
+_SETTING = "KEYHERALD_RELAY_REDIS_URL"
 
 HELP = "deliver key-rotation events to partner webhooks: signed, ordered, retried, never lost"
 
@@ -156,11 +159,15 @@ async def _serve_until_either_stops(server: uvicorn.Server, relay: Relay) -> Non
 
 
 async def serve(settings: RelaySettings, host: str, port: int) -> None:
-    """Run one replica and its admin API until cancelled (Ctrl-C)."""
-    try:
-        clients = connect(settings.redis_url, setting="KEYHERALD_RELAY_REDIS_URL")
-    except RedisConfigError as e:
-        raise ConfigError(str(e), reason="bad_redis_url") from e
+    """Run one replica and its admin API until cancelled (Ctrl-C).
+
+    :raises CommandError: Redis does not answer; :class:`ConfigurationError` if its URL or
+        TLS with it cannot work.
+    """
+    # Before waiting for the issuer: a Redis that is down or a TLS option that cannot work is
+    # one line, not a traceback from the consumer's first read.
+    await check_redis(settings.redis_url, setting=_SETTING)  # refuses a URL that cannot work
+    clients = connect(settings.redis_url, setting=_SETTING)
     # XREADGROUP writes (the group's state): the relay reads the stream on the primary.
     redis = clients.primary
     try:
@@ -202,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(serve(settings, host, port))
     except ConfigError as e:
         raise ConfigurationError(str(e)) from e
+    except CommandError:
+        raise
     except (FetchError, InvalidKey) as e:
         raise CommandError(
             f"cannot start: {e}; check that the issuer at KEYHERALD_RELAY_ISSUER is up"

@@ -5,6 +5,7 @@ Several replicas may run against one Redis: one polls each upstream, under a fen
 """
 
 import argparse
+import asyncio
 import logging
 import textwrap
 
@@ -13,6 +14,8 @@ from issuer.errors import ConfigError
 from .settings import WatchSettings
 
 logger = logging.getLogger(__name__)
+
+_SETTING = "KEYHERALD_WATCH_REDIS_URL"
 
 HELP = "announce Auth0, Okta, Entra, Google, Keycloak or Cognito keys to every verifier"
 
@@ -36,33 +39,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import httpx
-    import redis.asyncio as aioredis
     import uvicorn
+    from pydantic import ValidationError
+
+    from keyherald.errors import ConfigurationError, settings_problems
+    from keyherald.redis_check import check_redis
+    from subscriber.redis_conn import RedisConfigError, connect
 
     from .app import build_watches, create_app
 
     try:
         settings = WatchSettings()  # type: ignore[call-arg]  # upstreams come from the env
+    except ValidationError as e:
+        raise ConfigurationError(
+            *settings_problems(e, "KEYHERALD_WATCH_", secret=frozenset({"kek"}))
+        ) from e
+    try:
         # A blocking pool: a burst of verifiers starting at once waits for a connection
         # instead of failing with "Too many connections".
-        pool = aioredis.BlockingConnectionPool.from_url(
+        clients = connect(
             settings.redis_url,
+            setting=_SETTING,
+            socket_timeout_s=settings.redis_timeout_s,
             max_connections=64,
-            timeout=settings.redis_timeout_s,
-            socket_timeout=settings.redis_timeout_s,
-            socket_connect_timeout=settings.redis_timeout_s,
+            pool_timeout_s=settings.redis_timeout_s,
         )
-        redis = aioredis.Redis(connection_pool=pool)
         http = httpx.AsyncClient(follow_redirects=False)
-        watches = build_watches(settings, redis, http)
-    except (ConfigError, ValueError) as e:
-        # pydantic's ValidationError is a ValueError; it names the setting, never a secret.
-        logger.error("cannot start the watcher: %s", " ".join(str(e).split()))
-        return 2
+        # Writes, the lease and the hints all need the primary: read_from=replica is for
+        # verifiers that share this URL.
+        watches = build_watches(settings, clients.primary, http)
+    except (ConfigError, RedisConfigError, ValueError) as e:
+        raise ConfigurationError(" ".join(str(e).split())) from e
+    # Before "serving on": a Redis that is down or a TLS option that cannot work is one line,
+    # not a traceback from the app's start-up (the clients above have connected to nothing).
+    asyncio.run(
+        check_redis(settings.redis_url, setting=_SETTING, socket_timeout_s=settings.redis_timeout_s)
+    )
 
     async def close() -> None:
         await http.aclose()
-        await redis.aclose()
+        await clients.aclose()
 
     app = create_app(watches, on_shutdown=close)
     for watch in watches:

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from keyherald.cli import main
-from keyherald.redis_server import RedisServer, ServerTls
+from keyherald.redis_server import RedisServer, ServerTls, free_port
 from subscriber.clock import ManualClock
 from subscriber.jws import b64url_decode
 from subscriber.redis_conn import connect
@@ -204,3 +204,44 @@ async def test_keyherald_status_refuses_an_untrusted_redis_in_one_line(
     [line] = err.decode().strip().splitlines()
     assert line.startswith("keyherald status: KEYHERALD_REDIS_URL (or the command's --redis-url)")
     assert "does not cover the host" in line and "connect by a name" in line
+
+
+#: The environment each service command needs to get as far as its Redis, by prefix. The
+#: relay checks Redis before it asks the issuer (nothing listens at this one).
+SERVICES = {
+    "watch": ("KEYHERALD_WATCH_", {"UPSTREAMS": "https://idp.example/", "KEK": KEK}),
+    "relay": ("KEYHERALD_RELAY_", {"ISSUER": "https://id.example.com", "ADMIN_TOKEN": "t" * 32}),
+}
+
+
+@pytest.mark.parametrize("command", sorted(SERVICES))
+@pytest.mark.parametrize(
+    ("case", "fix"),
+    [
+        ("untrusted_certificate", "set ssl_ca_certs= in the URL to the CA that signed it"),
+        ("name_mismatch", "connect by a name or address the certificate lists"),
+    ],
+    ids=["untrusted_certificate", "name_mismatch"],
+)
+async def test_keyherald_watch_and_relay_refuse_an_untrusted_redis_in_one_line(
+    tls_redis: StartTls, ca: CertificateAuthority, tmp_path, command: str, case: str, fix: str
+) -> None:
+    # name_mismatch: the host-name check is keyherald's default, not redis-py 5.x's.
+    url, inside = untrusted(case, tls_redis, ca, tmp_path)
+    await inside.aclose()
+    prefix, settings = SERVICES[command]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYHERALD_")}
+    env |= {prefix + name: value for name, value in {**settings, "REDIS_URL": url}.items()}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "keyherald.cli", command, "--port", str(free_port()),
+        env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), 30)
+    finally:
+        if process.returncode is None:  # still serving: it did not refuse
+            process.kill()
+            await process.wait()
+    assert process.returncode == 2, err.decode()
+    [line] = err.decode().strip().splitlines()  # no traceback, no log lines
+    assert line.startswith(f"keyherald {command}: {prefix}REDIS_URL: ") and line.endswith(fix)

@@ -1,7 +1,6 @@
 """``keyherald watch``: help documents every setting; a bad environment exits 2 with one line."""
 
 import base64
-import logging
 import os
 
 import pytest
@@ -31,7 +30,7 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
 @pytest.mark.parametrize(
     ("env", "expected"),
     [
-        ({"KEYHERALD_WATCH_KEK": KEK}, "upstreams"),
+        ({"KEYHERALD_WATCH_KEK": KEK}, "KEYHERALD_WATCH_UPSTREAMS is not set"),
         ({"KEYHERALD_WATCH_UPSTREAMS": "https://idp.example/"}, "KEYHERALD_WATCH_KEK is not set"),
         (
             {"KEYHERALD_WATCH_UPSTREAMS": "http://idp.example/", "KEYHERALD_WATCH_KEK": KEK},
@@ -44,19 +43,25 @@ def test_help_documents_every_setting(capsys: pytest.CaptureFixture[str]) -> Non
             "twice",
         ),
         ({"KEYHERALD_WATCH_UPSTREAMS": "https://a/", "KEYHERALD_WATCH_KEK": "xx"}, "WATCH_KEK"),
+        (
+            {
+                "KEYHERALD_WATCH_UPSTREAMS": "https://a/",
+                "KEYHERALD_WATCH_KEK": KEK,
+                "KEYHERALD_WATCH_REDIS_URL": "redis+sentinel://127.0.0.1:1",
+            },
+            "KEYHERALD_WATCH_REDIS_URL (redis+sentinel://127.0.0.1:1): no service name",
+        ),
     ],
 )
 def test_a_bad_environment_exits_2_with_one_line_naming_the_setting(
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
     env: dict[str, str],
     expected: str,
 ) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    with caplog.at_level(logging.ERROR):
-        assert main(["watch", "--port", "1"]) == 2
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert len(errors) == 1 and "\n" not in errors[0]
-    assert expected in errors[0]
-    assert KEK not in caplog.text
+    assert main(["watch", "--port", "1"]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("keyherald watch: ") and expected in line
+    assert KEK not in line

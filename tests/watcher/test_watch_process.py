@@ -39,7 +39,13 @@ SLACK_S = 1.0  # scheduling on a busy 2-core machine
 
 
 @contextlib.asynccontextmanager
-async def watch_process(redis_url: str, upstream: str, log: Path) -> AsyncIterator[str]:
+async def watch_process(
+    redis_url: str, upstream: str, log: Path, **env_overrides: str
+) -> AsyncIterator[str]:
+    """``keyherald watch`` of ``upstream`` on ``redis_url``; yields its URL.
+
+    :param env_overrides: more ``KEYHERALD_WATCH_*`` variables.
+    """
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYHERALD_")} | {
         "KEYHERALD_WATCH_UPSTREAMS": upstream,
@@ -50,6 +56,7 @@ async def watch_process(redis_url: str, upstream: str, log: Path) -> AsyncIterat
         "KEYHERALD_WATCH_POLL_CEILING_S": str(CEILING_S),
         "KEYHERALD_WATCH_COOLDOWN_S": "0.5",
         "KEYHERALD_WATCH_TICK_INTERVAL_S": "0.2",
+        **env_overrides,
     }
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
