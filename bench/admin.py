@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 from issuer import create_app
 from issuer.settings import IssuerSettings
 from keyherald.redis_server import RedisServer
+from subscriber.redis_conn import connect
 
 TOKEN = "bench-admin-token-0123456789"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -78,7 +79,9 @@ async def issuer_client(redis: aioredis.Redis, issuer: str) -> AsyncIterator[htt
 
 
 async def run(redis_url: str, concurrent: int, cycles: int, probe: int) -> None:
-    redis = aioredis.from_url(redis_url)
+    # The clients keyherald's own services build (retries, timeouts), as in production.
+    clients = connect(redis_url)
+    redis = clients.primary
     await redis.flushdb()
     admin = "/admin/keys"
     try:
@@ -105,7 +108,7 @@ async def run(redis_url: str, concurrent: int, cycles: int, probe: int) -> None:
             unkeyed = (before + await cycles_per_s(http, probe)) / 2
             replays = await replays_per_s(http, 4 * probe)
     finally:
-        await redis.aclose()
+        await clients.aclose()
     shown = ", ".join(f"{n} x {code}" for code, n in sorted(statuses.items()))
     ok = "met" if set(statuses) <= {201, 409} else "NOT met"
     print(f"{concurrent} concurrent POST /admin/rotate: {shown} ({ok}: 201 or 409, never 500); "

@@ -30,13 +30,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI, Response
 
 from issuer import create_app
 from issuer.settings import IssuerSettings
 from keyherald.redis_server import RedisServer
 from subscriber.constants import JWKS_PATH, METADATA_PATH
+from subscriber.redis_conn import connect
 
 ISSUER = "https://id.example.com"
 Asgi = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -94,7 +94,9 @@ def runner(app: Asgi, request: dict[str, Any], size: int, status: int) -> Any:
 
 
 async def measure(redis_url: str, rounds: int, batch: int) -> dict[str, list[float]]:
-    redis = aioredis.from_url(redis_url)
+    # The clients keyherald's own services build (retries, timeouts), as in production.
+    clients = connect(redis_url)
+    redis = clients.primary
     await redis.flushdb()
     kek = base64.b64encode(os.urandom(32)).decode()
     app = create_app(
@@ -137,7 +139,7 @@ async def measure(redis_url: str, rounds: int, batch: int) -> dict[str, list[flo
                 gc.enable()
             return rates
     finally:
-        await redis.aclose()
+        await clients.aclose()
 
 
 def main(argv: list[str] | None = None) -> int:

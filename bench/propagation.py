@@ -34,7 +34,6 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import httpx
-import redis.asyncio as aioredis
 import uvicorn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from keyherald.redis_server import RedisServer, free_port
 from subscriber.cancellation import raise_if_cancelled
 from subscriber.jws import b64url_decode
+from subscriber.redis_conn import connect
 from subscriber.redis_keys import event_stream
 from subscriber.verifier import Verifier
 
@@ -58,7 +58,8 @@ class Worker:
         self.issuer, self.pins = issuer, pins
         self.stream = event_stream(issuer)
         self.http = httpx.AsyncClient(timeout=30.0, limits=httpx.Limits(max_connections=50))
-        self.redis = aioredis.Redis.from_url(redis_url, max_connections=4_000)
+        self.clients = connect(redis_url, max_connections=4_000)  # as the services build
+        self.redis = self.clients.primary
         self.verifiers: list[Verifier] = []
         self.readers: list[asyncio.Task[None]] = []
         self.raw_latencies: list[float] = []
@@ -142,7 +143,7 @@ class Worker:
                 conn.send(await commands[command](arg))
         finally:
             await self.reset()
-            await self.redis.aclose()
+            await self.clients.aclose()
             await self.http.aclose()
 
 

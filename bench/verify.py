@@ -56,7 +56,6 @@ from typing import Any
 
 import httpx
 import jwt
-import redis.asyncio as aioredis
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -68,6 +67,7 @@ from keyherald.redis_server import RedisServer
 from subscriber import Verifier, constants
 from subscriber.jwk import SUPPORTED_ALGS
 from subscriber.jws import b64url_decode
+from subscriber.redis_conn import connect
 from subscriber.verify import verify_token
 
 ISSUER = "https://id.example.com"
@@ -107,7 +107,9 @@ def _raw_inputs(alg: str, tokens: list[str]) -> list[tuple[bytes, bytes]]:
 @asynccontextmanager
 async def live_subject(alg: str, count: int, redis_url: str) -> AsyncIterator[Subject]:
     """The issuer (signing with ``alg``) and a started verifier, and ``count`` minted tokens."""
-    redis = aioredis.from_url(redis_url)
+    # The clients keyherald's own services build (retries, timeouts), as in production.
+    clients = connect(redis_url)
+    redis = clients.primary
     await redis.flushdb()
     settings = IssuerSettings(
         issuer=ISSUER,
@@ -150,7 +152,7 @@ async def live_subject(alg: str, count: int, redis_url: str) -> AsyncIterator[Su
                 key = view.keys[jwt.get_unverified_header(tokens[0])["kid"]]
                 yield Subject(alg, tokens, *verifiers, key.key, _raw_inputs(alg, tokens))
     finally:
-        await redis.aclose()
+        await clients.aclose()
 
 
 def _raw_run(alg: str, public: Any, pairs: list[tuple[bytes, bytes]]) -> Callable[[], None]:
