@@ -26,6 +26,10 @@ def redis_url() -> Iterator[str]:
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     """An asyncio client on a flushed database, closed after the test."""
+    # A bare redis-py client, here and wherever a test builds one with from_url: the test's own
+    # view of the one plain server it started, kept apart from subscriber.redis_conn (tested on
+    # its own) so that a fault there cannot hide in the test's view too. Handed to an issuer or
+    # a verifier, it takes the library's other path: a client the caller already has.
     client = aioredis.Redis.from_url(redis_url)
     await client.flushdb()
     yield client

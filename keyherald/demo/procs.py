@@ -212,6 +212,8 @@ def redis_ready(url: str) -> Callable[[], bool]:
     import redis
 
     def check() -> bool:
+        # Not redis_conn's clients: this probes the one plain loopback server the demo started
+        # (a sync client in a thread), and a probe must answer "not yet" at once, not retry.
         client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=1.0)
         try:
             return bool(client.ping())
