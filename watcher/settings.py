@@ -31,7 +31,11 @@ class WatchSettings(BaseSettings):
         description="upstream issuers, comma-separated; each `<issuer>` (its OIDC discovery "
         "names the JWKS) or `<issuer> <jwks url>`, e.g. `https://tenant.eu.auth0.com/`"
     )
-    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis the verifiers follow")
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="Redis deployment the verifiers follow: redis://, rediss://, unix://, "
+        "redis+sentinel://, redis+cluster:// (see the README's Redis table)",
+    )
     kek: SecretStr | None = Field(
         None, description="key-encryption key (base64 of 32 random bytes) sealing the watcher's "
         "announcement key and authenticating its store; required",
