@@ -81,6 +81,8 @@ _END = "keyherald-footprint-window-end"
 
 def client_commands(redis_url: str, ports: set[int]) -> int:
     """Commands Redis receives from connections on ``ports`` until ``ECHO _END`` arrives."""
+    # A sync observer (MONITOR, in a thread) of the plain server the bench started: not a
+    # client under test, and redis_conn builds async clients only.
     client = redis.Redis.from_url(redis_url)
     count = 0
     with client.monitor() as monitor:

@@ -147,6 +147,7 @@ async def _fleet(
             for _ in range(n)
         ]
         await asyncio.gather(*(v.start() for v in verifiers))
+        # The bench's own observer of the plain server it started, not a client under test.
         redis = aioredis.Redis.from_url(redis_url)
         try:
             yield verifiers, await _tail(redis, watcher, issuer)
