@@ -41,7 +41,11 @@ async def test_keyherald_watch_announces_through_sentinels(
         except AssertionError:
             raise AssertionError(log.read_text(errors="replace")[-3000:]) from None
         primary = topology.primary()
-        assert primary.client().xlen(event_stream(issuer)) > 0
+        # The status lists the keys as soon as they are fetched; their commit follows.
+        await eventually(
+            lambda: primary.client().xlen(event_stream(issuer)) > 0,
+            what="the first announcement on the primary's stream",
+        )
 
         verifier = Verifier(
             issuer=issuer,
