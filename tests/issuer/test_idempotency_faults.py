@@ -9,6 +9,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
@@ -23,6 +24,9 @@ from tests.issuer.proxy import ReplyDroppingProxy
 from tests.relay.servers import Server
 
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+#: redis-py 6.0 and later send a command again after a connection error by default; 5.x (the
+#: floor is 5.3) only after the errors ``retry_on_error`` names, so a lost reply is an error.
+RESENDS = int(redis.__version__.split(".")[0]) >= 6
 #: How redis-py sends the commit script once Redis has it (RESP).
 _EVALSHA_COMMIT = b"EVALSHA\r\n$40\r\n" + hashlib.sha1(COMMIT_SCRIPT.encode()).hexdigest().encode()
 pytestmark = pytest.mark.timeout(60)
@@ -79,12 +83,18 @@ async def test_a_commit_whose_redis_reply_was_lost_is_answered_once(
             keys = await authority.keys()
         finally:
             await authority.redis.aclose()
-    # The request's own script, sent again, found the record it had written: a replay.
-    assert first.status_code == 201 and first.headers["idempotent-replayed"] == "true"
-    assert again.content == first.content
+    if RESENDS:
+        # The request's own script, sent again, found the record it had written: a replay.
+        assert first.status_code == 201 and first.headers["idempotent-replayed"] == "true"
+        assert again.content == first.content
+    else:
+        # The lost reply is a 503; the retry under the key gets the change that was made.
+        assert first.status_code == 503 and first.json()["error"] == "store_unavailable"
+        assert again.status_code == 201 and again.headers["idempotent-replayed"] == "true"
     assert len(keys) == 2
 
 
+@pytest.mark.skipif(not RESENDS, reason="redis-py 5.x does not send the script again")
 async def test_a_commit_whose_redis_reply_was_lost_is_answered_without_a_key(
     redis: aioredis.Redis, redis_url: str, clock: ManualClock
 ) -> None:

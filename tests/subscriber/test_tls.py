@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Iterator
 
 import pytest
+import redis
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
@@ -90,6 +91,11 @@ async def test_a_rotation_reaches_a_verifier_over_tls(
         await store.aclose()
 
 
+#: Whether this redis-py reads the server's alert for a refused client certificate (seen on
+#: 8.2; 5.3, 6.x and 7.0 mostly report the connection reset that follows it).
+NAMES_REFUSED_CLIENT = int(redis.__version__.split(".")[0]) >= 8
+
+
 async def refused(url: str) -> RedisTlsError | None:
     """Connect to ``url``, which must fail; the TLS problem it names, if any."""
     clients = connect(url)
@@ -112,12 +118,15 @@ async def test_mutual_tls_refuses_a_client_without_a_trusted_certificate(
         (f"&ssl_certfile={stranger[0]}&ssl_keyfile={stranger[1]}", "client_certificate_refused"),
     ]:
         # In TLS 1.3 the server checks the client's certificate after the client's side of
-        # the handshake is done: its alert usually arrives, but about one connection in 20 is
-        # reset first. Every attempt is refused; most say why.
+        # the handshake is done, then alerts and closes. Every attempt is refused. Whether
+        # the alert reaches the client before the reset depends on redis-py: 8.x reads it
+        # (about one connection in 20 is reset first), older releases write their
+        # connection set-up commands first and mostly see only the reset.
         found = [await refused(base + query) for _ in range(5)]
         named = [f for f in found if f is not None]
-        assert named and {f.reason for f in named} == {reason}
-        assert "ssl_certfile=" in str(named[0])
+        assert {f.reason for f in named} <= {reason}
+        if NAMES_REFUSED_CLIENT:
+            assert named and "ssl_certfile=" in str(named[0])
 
 
 def untrusted(
