@@ -66,12 +66,22 @@ class StateMac:
     def __init__(self, kek: Kek, issuer: str) -> None:
         self.issuer = issuer
         self._key = kek.derive(MAC_PURPOSE, issuer)
+        self._lines: dict[tuple[str, str], bytes] = {}
 
     def mac(self, meta: Mapping[str, str], raw_keys: Mapping[str, str]) -> str:
         """The MAC of ``meta`` (its :data:`MAC_FIELDS`) and of every stored record."""
         records = hashlib.sha256()
+        lines: dict[tuple[str, str], bytes] = {}
         for kid in sorted(raw_keys):
-            records.update(json.dumps([kid, raw_keys[kid]]).encode() + b"\n")
+            key = (kid, raw_keys[kid])
+            line = self._lines.get(key)
+            if line is None:
+                line = json.dumps(list(key)).encode() + b"\n"
+            lines[key] = line
+            records.update(line)
+        # Each record's encoding is kept while the record is: a change re-encodes only what it
+        # wrote, however many ended records the store keeps.
+        self._lines = lines
         body = {name: meta.get(name) for name in MAC_FIELDS}
         body["records"] = records.hexdigest()
         message = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
