@@ -83,8 +83,9 @@ async def rotation_cost(
     redis: aioredis.Redis, cycles: int, probe: int, rounds: int
 ) -> tuple[float, float, int]:
     """Best of ``rounds`` interleaved probes of ``probe`` pairs each: on a new store every time
-    (at most ``probe + 2`` ended keys, after two pairs that warm the new app), and on one store that ended ``cycles`` keys first (the
-    store keeps the newest 32). Interleaved, so a slow spell of the machine falls on both."""
+    (at most ``probe + 2`` ended keys, after two pairs that warm the new app), and on one store
+    that ended ``cycles`` keys first (the store keeps the newest 32). Interleaved, so a slow
+    spell of the machine falls on both."""
     fresh: list[float] = []
     aged: list[float] = []
     async with issuer_client(redis, "https://aged.example.com") as aged_http:
