@@ -3,6 +3,7 @@
 real app on uvicorn (127.0.0.1), or on the test Redis through a proxy that loses its reply."""
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
@@ -39,6 +40,26 @@ async def served(app: FastAPI) -> AsyncIterator[Server]:
         yield server
 
 
+@contextlib.asynccontextmanager
+async def behind_a_lossy_redis(
+    redis_url: str, clock: ManualClock
+) -> AsyncIterator[tuple[FastAPI, ReplyDroppingProxy, httpx.AsyncClient]]:
+    """The issuer app on the test Redis through a proxy that, once armed, loses Redis's reply
+    to the next commit script; the script is loaded, so the next EVALSHA runs it."""
+    port = urlsplit(redis_url).port
+    assert port is not None
+    async with ReplyDroppingProxy(port, _EVALSHA_COMMIT, armed=False) as proxy:
+        settings = make_settings(redis_url=proxy.url)
+        app = create_app(settings=settings, clock=clock, run_scheduler=False)
+        try:
+            await app.state.authority.bootstrap()
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as http:
+                yield app, proxy, http
+        finally:
+            await app.state.authority.redis.aclose()
+
+
 async def test_a_rotation_whose_answer_was_lost_is_replayed_to_the_retry(
     served: Server, app: FastAPI, redis: aioredis.Redis
 ) -> None:
@@ -65,24 +86,13 @@ async def test_a_commit_whose_redis_reply_was_lost_is_answered_once(
 ) -> None:
     """redis-py sends the commit script again after a lost reply; the script finds its own
     record and writes nothing, so the request answers with the change it made."""
-    port = urlsplit(redis_url).port
-    assert port is not None
-    async with ReplyDroppingProxy(port, _EVALSHA_COMMIT, armed=False) as proxy:
-        settings = make_settings(redis_url=proxy.url)
-        app = create_app(settings=settings, clock=clock, run_scheduler=False)
-        authority = app.state.authority
-        try:
-            await authority.bootstrap()  # loads the script: the next EVALSHA runs it
-            proxy.arm()
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as http:
-                headers = {**ADMIN, "Idempotency-Key": "k"}
-                first = await http.post("/admin/rotate", headers=headers)
-                assert proxy.dropped.is_set()
-                again = await http.post("/admin/rotate", headers=headers)
-            keys = await authority.keys()
-        finally:
-            await authority.redis.aclose()
+    async with behind_a_lossy_redis(redis_url, clock) as (app, proxy, http):
+        proxy.arm()
+        headers = {**ADMIN, "Idempotency-Key": "k"}
+        first = await http.post("/admin/rotate", headers=headers)
+        assert proxy.dropped.is_set()
+        again = await http.post("/admin/rotate", headers=headers)
+        keys = await app.state.authority.keys()
     if RESENDS:
         # The request's own script, sent again, found the record it had written: a replay.
         assert first.status_code == 201 and first.headers["idempotent-replayed"] == "true"
@@ -100,26 +110,16 @@ async def test_a_commit_whose_redis_reply_was_lost_is_answered_without_a_key(
 ) -> None:
     """Without an Idempotency-Key too: the script sent again finds the version moved, and the
     store at exactly the state the first run wrote (its MAC) means the change landed."""
-    port = urlsplit(redis_url).port
-    assert port is not None
-    async with ReplyDroppingProxy(port, _EVALSHA_COMMIT, armed=False) as proxy:
-        settings = make_settings(redis_url=proxy.url)
-        app = create_app(settings=settings, clock=clock, run_scheduler=False)
+    async with behind_a_lossy_redis(redis_url, clock) as (app, proxy, http):
         authority = app.state.authority
-        try:
-            await authority.bootstrap()
-            proxy.arm()
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url=ISSUER) as http:
-                rotated = await http.post("/admin/rotate", headers=ADMIN)
-                assert proxy.dropped.is_set()
-                kid = rotated.json()["events"][0]["kid"] if rotated.status_code == 201 else None
-                proxy.arm()
-                revoked = await http.post(f"/admin/keys/{kid}/revoke", headers=ADMIN)
-            keys = {k.kid: k.state for k in await authority.keys()}
-            events = await stream_events(redis, authority)
-        finally:
-            await authority.redis.aclose()
+        proxy.arm()
+        rotated = await http.post("/admin/rotate", headers=ADMIN)
+        assert proxy.dropped.is_set()
+        kid = rotated.json()["events"][0]["kid"] if rotated.status_code == 201 else None
+        proxy.arm()
+        revoked = await http.post(f"/admin/keys/{kid}/revoke", headers=ADMIN)
+        keys = {k.kid: k.state for k in await authority.keys()}
+        events = await stream_events(redis, authority)
     assert rotated.status_code == 201, rotated.text
     assert revoked.status_code == 200, revoked.text
     assert len(keys) == 2 and keys[kid] == "revoked"
