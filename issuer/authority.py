@@ -142,7 +142,11 @@ class Authority(Ledger):
         try:
             epoch, version = await self.store.head()
             cached = self._jwks
-            if cached is not None and (cached.epoch, cached.version) == (epoch, version):
+            if (
+                cached is not None
+                and (cached.epoch, cached.version) == (epoch, version)
+                and self.at_mark((epoch, version))
+            ):
                 return cached
             self._jwks = render_jwks(await self.snapshot())
         except aioredis.RedisError as e:
@@ -182,7 +186,7 @@ class Authority(Ledger):
     async def signing_key(self) -> keygen.KeyPair:
         """The active key, unsealed; one ``HMGET`` per call while the key set is unchanged."""
         head = await self.store.head()
-        if self._signing is not None and self._signing[0] == head:
+        if self._signing is not None and self._signing[0] == head and self.at_mark(head):
             return self._signing[1]
         snap = await self.snapshot()
         active = lifecycle.active_key(snap.keys)

@@ -173,9 +173,14 @@ class Ledger:
         :raises StoreTampered: the store does not authenticate and there is nothing to restore.
         """
         known = self._known
+        held = self.hwm.snapshot
         if (
             not full
             and known is not None
+            and held is not None
+            # A read that raced a commit can leave an older key set here than the mark: should
+            # the store go back to that state (a failover that lost the commit), it is behind.
+            and known[1].meta.get("mac") == held.meta.get("mac")
             and 0 <= self.clock() - known[0] < self.freshness_interval_s
             and await self.store.meta() == known[1].meta
         ):
@@ -317,7 +322,8 @@ class Ledger:
         cached = self._signed
         now = self.clock()
         if cached is not None and 0 <= now - cached.iat < self.freshness_interval_s:
-            if await self.store.head() == (cached.epoch, cached.version):
+            head = await self.store.head()
+            if head == (cached.epoch, cached.version) and self.at_mark(head):
                 return cached
         snap = await self.snapshot()
         if (
@@ -338,6 +344,13 @@ class Ledger:
             announce_kid=announce_kid,
         )
         return self._signed
+
+    def at_mark(self, head: tuple[str | None, int]) -> bool:
+        """Whether ``head``, an ``(epoch, version)`` read from the store, is the newest state
+        this process has seen. Whatever is kept by head is reused only then: a store back at
+        an older head (a failover that lost a commit) is behind, not current."""
+        held = self.hwm.snapshot
+        return held is not None and head == (held.epoch, held.version)
 
     def young_signed_snapshot(self) -> SignedSnapshot | None:
         """The signed snapshot last rendered, while it may still be served as it is."""

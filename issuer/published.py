@@ -114,7 +114,11 @@ class PublishedDocuments:
         except (RedisError, OSError):
             return False  # the authority's path decides: its last documents, or the error
         current = self._jwks
-        return current is not None and (epoch or "", version) == (current.epoch, current.version)
+        return (
+            current is not None
+            and (epoch or "", version) == (current.epoch, current.version)
+            and self._authority.at_mark((epoch, version))
+        )
 
     def changed(self) -> None:
         """A change was committed in this process: answer through the authority until the

@@ -6,6 +6,7 @@ revoked key verifies again, the issuer never signs with a revoked key, and the c
 replay stays bounded.
 """
 
+import asyncio
 import json
 from typing import Any
 
@@ -20,6 +21,7 @@ from issuer.records import KeyRecord
 from issuer.signer import encode_jwt
 from subscriber.errors import KeyNotFound, KeyNotUsable
 from subscriber.events import Event, announcement_jwk, sign_event
+from subscriber.jws import b64url_decode
 from subscriber.redis_keys import event_stream, keys_hash, meta_hash
 from tests.subscriber.conftest import AUDIENCE, ISSUER, Issuer, eventually, issuer_app
 
@@ -147,6 +149,37 @@ async def test_restored_backup_after_a_revocation_is_refused(issuer: Issuer) -> 
             verifier.verify(old_token)
         assert verifier.verify(new_token)
         assert kid not in await public_kids(issuer)
+
+
+async def test_the_exact_state_before_a_revocation_signs_and_serves_nothing_revoked(
+    issuer: Issuer,
+) -> None:
+    """A failover that lost the revocation's commit: meta and records back to exactly the
+    version before it, with no bump. Documents and the signing key kept for that version
+    must not be taken up again: the store is behind what this issuer committed."""
+    names = [keys_hash(ISSUER), meta_hash(ISSUER)]
+    before = {name: await issuer.redis.dump(name) for name in names}
+
+    async def lose_the_revocation() -> None:
+        for name, value in before.items():
+            await issuer.redis.restore(name, 0, value, replace=True)
+
+    snapshot_path = "/.well-known/keyherald-snapshot.jwt"
+    assert (await issuer.http.get("/.well-known/jwks.json")).status_code == 200
+    assert (await issuer.http.get(snapshot_path)).status_code == 200
+    kid, _ = await revoke_current(issuer)
+    # Each read finds the store behind and writes the lost commits back: lose them again
+    # before the next, so that each cache meets the old head.
+    await lose_the_revocation()
+    assert kid not in await public_kids(issuer)
+    await lose_the_revocation()
+    assert (await issuer.authority.signing_key()).kid != kid
+    await lose_the_revocation()
+    signed = (await issuer.http.get(snapshot_path)).text
+    body = json.loads(b64url_decode(signed.split(".")[1]))
+    assert kid not in {k["jwk"]["kid"] for k in body["keys"]}
+    assert body["gone"] == {kid: "revoked"}
+    assert issuer.authority.restores == {"replayed": 3}
 
 
 async def test_rollback_across_an_issuer_restart_with_a_state_dir(
@@ -300,3 +333,35 @@ async def test_record_altered_behind_an_unchanged_meta_is_found_within_an_interv
     await issuer.authority.keys()
     assert issuer.authority.tamper_count == 1
     assert issuer.authority.restores == {"tampered": 1}
+
+
+async def test_a_freshness_read_racing_a_revocation_then_a_rollback_revives_nothing(
+    issuer: Issuer,
+) -> None:
+    """A freshness read lands while a revocation's commit is in flight (writes held back by
+    ``CLIENT PAUSE WRITE``), so it reads the key set from before the revocation. Redis then
+    goes back to exactly that state (a failover that lost the commit, or a copy of it): the
+    issuer must not take the store's unchanged-looking meta as leave to serve, sign with or
+    build on the key set it revoked, nor reuse the revocation's version."""
+    kid = (await issuer.authority.signing_key()).kid
+    names = [keys_hash(ISSUER), meta_hash(ISSUER)]
+    before = {name: await issuer.redis.dump(name) for name in names}
+    await issuer.redis.execute_command("CLIENT", "PAUSE", 10_000, "WRITE")
+    try:
+        revoking = asyncio.create_task(issuer.authority.revoke(kid))
+
+        async def commit_held() -> bool:
+            clients = await issuer.redis.client_list()
+            return any(c.get("cmd") in ("evalsha", "eval") for c in clients)
+
+        await eventually(commit_held, what="the revocation's commit held back")
+        await issuer.authority.snapshot(full=True)  # what publish_freshness reads first
+    finally:
+        await issuer.redis.execute_command("CLIENT", "UNPAUSE")
+    revoked = await revoking
+    for name, value in before.items():
+        await issuer.redis.restore(name, 0, value, replace=True)
+    assert (await issuer.authority.signing_key()).kid != kid
+    assert kid not in await public_kids(issuer)
+    rotated = await issuer.authority.rotate()
+    assert rotated.version > revoked.version

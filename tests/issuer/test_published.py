@@ -13,7 +13,7 @@ from issuer.app import create_app
 from keyherald.redis_server import RedisServer
 from subscriber.clock import ManualClock
 from subscriber.constants import JWKS_PATH, METADATA_PATH, SNAPSHOT_PATH
-from subscriber.redis_keys import meta_hash
+from subscriber.redis_keys import keys_hash, meta_hash
 from subscriber.verifier import Verifier
 from tests.issuer.conftest import ADMIN_TOKEN, ISSUER, make_settings
 from tests.subscriber.conftest import eventually
@@ -89,6 +89,29 @@ async def test_neither_no_cache_nor_an_admin_change_reads_behind_memory(
         revoked = await http.post(f"/admin/keys/{kid}/revoke", headers=ADMIN)
         assert revoked.status_code == 200
         assert kid not in {k["kid"] for k in (await http.get(JWKS_PATH)).json()["keys"]}
+
+
+async def test_no_cache_after_a_lost_revocation_does_not_take_memory_up_again(
+    own: aioredis.Redis, clock: ManualClock
+) -> None:
+    """Memory was rendered before a revocation; a failover then loses the revocation's
+    commit, so the store's head is again the one memory holds. That store is behind what this
+    issuer committed: a no-cache request must not be answered with the revoked key."""
+    app = _app(own, clock)
+    await app.state.authority.snapshot()
+    published = app.state.published
+    published._following = True  # a follower stopped before the revocation's event
+    await published._refresh()
+    names = [keys_hash(ISSUER), meta_hash(ISSUER)]
+    before = {name: await own.dump(name) for name in names}
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://i.test") as http:
+        kid = (await app.state.authority.signing_key()).kid
+        assert (await http.post(f"/admin/keys/{kid}/revoke", headers=ADMIN)).status_code == 200
+        for name, value in before.items():
+            await own.restore(name, 0, value, replace=True)
+        served = (await http.get(JWKS_PATH, headers=NO_CACHE)).json()["keys"]
+        assert kid not in {k["kid"] for k in served}
 
 
 async def test_another_replicas_change_reaches_memory_through_the_stream(
