@@ -6,10 +6,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 
-from keyherald.redis_server import free_port
+from tests.proxy import TcpProxy
 
 
-class ReplyDroppingProxy:
+class ReplyDroppingProxy(TcpProxy):
     """``async with ReplyDroppingProxy(port, b"POST /admin/rotate") as proxy:`` forwards
     ``proxy.port`` to ``target_port``; :attr:`dropped` is set once a reply was lost.
 
@@ -17,18 +17,10 @@ class ReplyDroppingProxy:
     """
 
     def __init__(self, target_port: int, marker: bytes, *, armed: bool = True) -> None:
-        self.port = free_port()
-        self._target_port = target_port
+        super().__init__(target_port)
         self._marker = marker
         self._armed = armed
         self.dropped = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        """As a Redis URL (when the target is a Redis)."""
-        return f"redis://127.0.0.1:{self.port}/0"
 
     def arm(self) -> None:
         """Lose the reply to the next request that contains the marker."""
@@ -67,18 +59,4 @@ class ReplyDroppingProxy:
                 end.close()
 
         for pipe in (upstream, downstream):
-            task = asyncio.create_task(run(pipe))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def __aenter__(self) -> "ReplyDroppingProxy":
-        self._server = await asyncio.start_server(self._connect, "127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+            self._spawn(run(pipe))

@@ -12,6 +12,7 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from keyherald.redis_server import free_port
+from tests.proxy import TcpProxy
 
 
 async def until(condition: Callable[[], Any], timeout: float = 5.0, interval: float = 0.01) -> None:
@@ -149,22 +150,15 @@ class Receiver:
         await send({"type": "http.response.body", "body": reply.body})
 
 
-class FreezingProxy:
+class FreezingProxy(TcpProxy):
     """A TCP proxy to Redis that stops forwarding a client's commands, on every connection,
     from the first one that contains ``freeze_on`` (say, the SHA of the relay's fan-out
     script). It pins a relay process at an exact step, so a test can ``kill -9`` it there."""
 
     def __init__(self, target_port: int, freeze_on: bytes) -> None:
-        self.port = free_port()
-        self._target_port = target_port
+        super().__init__(target_port)
         self._freeze_on = freeze_on
         self.frozen = asyncio.Event()
-        self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
     async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, up: bool):
         tail = b""
@@ -183,21 +177,5 @@ class FreezingProxy:
 
     async def _connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self._target_port)
-        for task in (
-            asyncio.create_task(self._pipe(reader, up_writer, up=True)),
-            asyncio.create_task(self._pipe(up_reader, writer, up=False)),
-        ):
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def __aenter__(self) -> "FreezingProxy":
-        self._server = await asyncio.start_server(self._connect, "127.0.0.1", self.port)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._server.wait_closed()
+        self._spawn(self._pipe(reader, up_writer, up=True))
+        self._spawn(self._pipe(up_reader, writer, up=False))
